@@ -1,0 +1,51 @@
+"""Tests of the synthetic scene renderer shared by all dataset tests."""
+
+import numpy as np
+import pytest
+
+from clipseg.data.synthetic import COLOURS, SHAPE_KINDS, rasterize_polygons, render_scene
+
+
+def test_render_scene_is_deterministic_per_seed():
+    first = render_scene(np.random.default_rng(7), size=(64, 80), n_shapes=(2, 3))
+    second = render_scene(np.random.default_rng(7), size=(64, 80), n_shapes=(2, 3))
+    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
+    assert [s.phrase for s in first.shapes] == [s.phrase for s in second.shapes]
+
+
+def test_render_scene_shapes_are_disjoint_and_match_their_polygons():
+    for seed in range(20):
+        scene = render_scene(np.random.default_rng(seed), size=(72, 96), n_shapes=(1, 4))
+        assert scene.image.size == (96, 72) and scene.image.mode == "RGB"
+        assert 1 <= len(scene.shapes) <= 4
+        union = np.zeros((72, 96), dtype=int)
+        for shape in scene.shapes:
+            assert shape.kind in SHAPE_KINDS and shape.colour in COLOURS
+            assert shape.phrase == f"{shape.colour} {shape.kind}"
+            assert shape.mask.shape == (72, 96) and shape.mask.dtype == bool and shape.mask.any()
+            assert np.array_equal(shape.mask, rasterize_polygons(shape.polygon, (72, 96)))
+            union += shape.mask
+        assert union.max() == 1
+
+
+def test_shape_pixels_carry_the_named_colour():
+    scene = render_scene(np.random.default_rng(1), size=(96, 96), n_shapes=(3, 3))
+    pixels = np.asarray(scene.image).astype(float)
+    for shape in scene.shapes:
+        mean_colour = pixels[shape.mask].mean(axis=0)
+        nearest = min(COLOURS, key=lambda name: np.linalg.norm(np.asarray(COLOURS[name]) * 0.92 - mean_colour))
+        assert nearest == shape.colour
+
+
+def test_rasterize_polygons_hand_case():
+    mask = rasterize_polygons([[1, 1, 4, 1, 4, 3, 1, 3]], (5, 6))
+    expected = np.zeros((5, 6), dtype=bool)
+    expected[1:4, 1:5] = True
+    assert np.array_equal(mask, expected)
+
+
+def test_render_scene_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n_shapes"):
+        render_scene(np.random.default_rng(0), n_shapes=(3, 1))
+    with pytest.raises(ValueError, match="colours"):
+        render_scene(np.random.default_rng(0), colours=("mauve",))
