@@ -1,0 +1,208 @@
+"""One loading pipeline for every checkpoint format: locate -> read -> detect -> convert -> check -> load."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model.clipseg import CONFIG_FORMAT, CONFIG_NAME, CLIPSeg
+from ..model.config import CLIPSegConfig, TextConfig, VisionConfig
+from ..tokenizer import CLIPTokenizer
+from . import convert
+from .io import CheckpointError, read_state_dict
+from .pretrained import DEFAULT_CLIP, HUB_FILE_PATTERNS, HUB_MODELS, ORIGINAL_EXTRACT_LAYERS
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model(
+    source: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    clip: str | os.PathLike | None = None,
+    extract_layers: Sequence[int] | None = None,
+) -> CLIPSeg:
+    """Load a CLIPSeg model, in eval mode, from any released or saved format.
+
+    `source` is one of:
+    - a Hugging Face hub id (e.g. "CIDAS/clipseg-rd64-refined", or the short names "rd64-refined", "rd64",
+      "rd16"), fetched through the standard HF cache (`HF_HUB_OFFLINE=1` honoured);
+    - a local directory in transformers' CLIPSeg layout or written by `CLIPSeg.save_pretrained`;
+    - a decoder file of the original repository (rd64-uni.pth, rd64-uni-refined.pth, rd16-uni.pth) together with
+      `clip`: OpenAI's TorchScript ViT-B-16.pt, an OpenAI-layout state dict, or a transformers CLIPModel
+      directory / hub id (default "openai/clip-vit-base-patch16").
+    `extract_layers` overrides the CLIP blocks the decoder reads; for original files it defaults to (3, 6, 9)
+    as the original Quickstart and the hub conversions run them (the paper trained with (3, 7, 9)).
+    """
+    layers = tuple(extract_layers) if extract_layers is not None else None
+    path = Path(source)
+    if clip is not None and not path.is_file():
+        raise ValueError("clip= is only used with an original-repository decoder file")
+    if path.is_dir():
+        model = _load_directory(path, layers)
+    elif path.is_file():
+        model = _load_original(path, clip if clip is not None else DEFAULT_CLIP, layers)
+    elif str(source) in HUB_MODELS or _HUB_ID.match(str(source)):
+        model = _load_directory(_download(HUB_MODELS.get(str(source), str(source))), layers)
+    else:
+        raise FileNotFoundError(f"{source}: no such file or directory, and not a hub id of the form 'org/name'")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        directory = Path(snapshot_download(repo_id, allow_patterns=HUB_FILE_PATTERNS))
+        if not any(directory.glob("*.safetensors")):
+            hf_hub_download(repo_id, "pytorch_model.bin")
+            directory = Path(snapshot_download(repo_id, allow_patterns=[*HUB_FILE_PATTERNS, "pytorch_model.bin"]))
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{repo_id}: no such model on the Hugging Face hub (if it is private or gated, log in with `hf auth login`)"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{repo_id} is not in the Hugging Face cache and the hub cannot be reached (offline): download it once "
+            f"with network access (`hf download {repo_id}`) or pass a local directory or file instead"
+        ) from None
+    except HfHubHTTPError as error:
+        raise CheckpointError(f"{repo_id}: download from the Hugging Face hub failed: {error}") from None
+    return directory
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: no {path.name} (not a model directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+
+
+def _read_directory_weights(directory: Path) -> dict[str, torch.Tensor]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(read_state_dict(directory / shard))
+        return state
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return read_state_dict(directory / name)
+    raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def _tokenizer_for(directory: Path) -> CLIPTokenizer | None:
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        return CLIPTokenizer.from_pretrained(directory)
+    return None
+
+
+def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> CLIPSeg:
+    config_json = _read_json(directory / CONFIG_NAME)
+    state = _read_directory_weights(directory)
+    if config_json.get("format") == CONFIG_FORMAT:
+        config = CLIPSegConfig.from_dict({k: v for k, v in config_json.items() if k != "format"})
+        converted, unused = state, []
+    elif config_json.get("model_type") == "clipseg":
+        preprocessor_path = directory / "preprocessor_config.json"
+        preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else None
+        config = convert.hf_clipseg_config_to_ours(config_json, preprocessor, str(directory))
+        converted, unused = convert.hf_clipseg_to_ours(state)
+    elif config_json.get("model_type") == "clip":
+        raise CheckpointError(
+            f"{directory}: a CLIP model without a CLIPSeg decoder; load a decoder file with clip={str(directory)!r}"
+        )
+    else:
+        raise CheckpointError(
+            f"{directory}: unknown model type {config_json.get('model_type', config_json.get('format'))!r} "
+            "(expected a CLIPSeg checkpoint)"
+        )
+    if extract_layers is not None:
+        config = config.replace(extract_layers=extract_layers)
+    return _build(config, converted, unused, _tokenizer_for(directory), str(directory))
+
+
+def _load_clip(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str], VisionConfig, TextConfig, CLIPTokenizer | None]:
+    """CLIP weights for an original decoder file, from any of the CLIP layouts, with their architecture."""
+    path = Path(source)
+    if not path.exists() and _HUB_ID.match(str(source)):
+        path = _download(str(source))
+    if path.is_dir():
+        config_json = _read_json(path / CONFIG_NAME)
+        if config_json.get("model_type") != "clip":
+            raise CheckpointError(f"{path}: expected a transformers CLIP model (model_type 'clip')")
+        state, unused = convert.hf_clip_to_ours(_read_directory_weights(path))
+        vision, text = convert.hf_towers_to_ours(config_json, str(path))
+        return state, unused, vision, text, _tokenizer_for(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no such CLIP weights file or directory")
+    raw = read_state_dict(path)
+    if "vision_model.embeddings.class_embedding" in raw:
+        state, unused = convert.hf_clip_to_ours(raw)
+    else:
+        state, unused = convert.openai_clip_to_ours(raw)
+    vision, text = convert.openai_towers_from_shapes(state, str(path))
+    return state, unused, vision, text, None
+
+
+def _load_original(path: Path, clip: str | os.PathLike, extract_layers: tuple[int, ...] | None) -> CLIPSeg:
+    raw = read_state_dict(path)
+    if "film_mul.weight" not in raw:
+        raise CheckpointError(
+            f"{path}: not an original CLIPSeg checkpoint (no film_mul.weight); "
+            "pass a directory for transformers / clipseg checkpoints"
+        )
+    state, unused = convert.original_to_ours(raw)
+    tokenizer = None
+    if "visual.class_embedding" in state:  # the full model was saved, CLIP included
+        vision, text = convert.openai_towers_from_shapes(state, str(path))
+    else:
+        clip_state, clip_unused, vision, text, tokenizer = _load_clip(clip)
+        state |= clip_state
+        unused += clip_unused
+    decoder = convert.original_decoder_from_shapes(state, extract_layers or ORIGINAL_EXTRACT_LAYERS, str(path))
+    config = CLIPSegConfig(vision=vision, text=text, decoder=decoder)
+    return _build(config, state, unused, tokenizer, str(path))
+
+
+def _build(
+    config: CLIPSegConfig,
+    state: Mapping[str, torch.Tensor],
+    unused: list[str],
+    tokenizer: CLIPTokenizer | None,
+    source: str,
+) -> CLIPSeg:
+    """Instantiate without random init (meta device), then take the tensors, checking the key sets exactly."""
+    if unused:
+        raise CheckpointError(f"{source}: unexpected keys {_preview(unused)}")
+    with torch.device("meta"):
+        model = CLIPSeg(config, tokenizer)
+    expected = set(model.state_dict())
+    missing, extra = expected - set(state), set(state) - expected
+    if missing or extra:
+        parts = [f"missing keys {_preview(missing)}" if missing else "", f"unexpected keys {_preview(extra)}" if extra else ""]
+        raise CheckpointError(f"{source}: " + "; ".join(p for p in parts if p))
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as error:
+        mismatches = re.findall(r"size mismatch for ([\w.]+)", str(error))
+        raise CheckpointError(f"{source}: tensor shapes do not fit the architecture: {_preview(mismatches)}") from None
+    return model
+
+
+def _preview(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more

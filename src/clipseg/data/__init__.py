@@ -1,0 +1,1 @@
+"""Datasets in their official on-disk formats, prompt engineering and synthetic data."""

@@ -1,0 +1,126 @@
+"""CLIPSeg: a frozen CLIP whose activations feed a small FiLM-conditioned decoder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clip import TextTransformer, TokenMaskMode, VisionTransformer
+from .config import CLIPSegConfig
+from .decoder import Decoder
+
+if TYPE_CHECKING:
+    from ..tokenizer import CLIPTokenizer
+
+CONFIG_FORMAT = "clipseg"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CLIPSeg(nn.Module):
+    """The CLIPSeg model.
+
+    `visual` and `text` are OpenAI CLIP's towers (frozen: `requires_grad_(False)`), `decoder` is the trainable
+    CLIPSeg decoder. Inputs are normalised pixels (B, 3, H, W) of any size; conditional vectors are (B, 512) CLIP
+    embeddings of a text prompt, of a (visually prompt-engineered) support image, or a mix of both.
+    """
+
+    def __init__(self, config: CLIPSegConfig, tokenizer: CLIPTokenizer | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.visual = VisionTransformer(config.vision)
+        self.text = TextTransformer(config.text)
+        self.decoder = Decoder(config)
+        self.visual.requires_grad_(False)
+        self.text.requires_grad_(False)
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> CLIPTokenizer:
+        """The CLIP tokenizer that came with the weights (OpenAI's vocabulary by default)."""
+        if self._tokenizer is None:
+            from ..tokenizer import CLIPTokenizer
+
+            self._tokenizer = CLIPTokenizer.default()
+        return self._tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.film_mul.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.film_mul.weight.dtype
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) from `tokenizer` -> conditional vectors (B, 512)."""
+        return self.text(token_ids.to(self.device))
+
+    def encode_image(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        token_mask: torch.Tensor | None = None,
+        token_mask_mode: TokenMaskMode = "cls_last",
+    ) -> torch.Tensor:
+        """Normalised support images (B, 3, H, W) -> conditional vectors (B, 512), the CLIP image embedding.
+        `token_mask` (B, H, W) enables CLIP-internal attention masking (see `VisionTransformer.forward`)."""
+        return self.visual(pixel_values.to(self.device), token_mask=token_mask, token_mask_mode=token_mask_mode)
+
+    def extract_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised images (B, 3, H, W) -> CLIP activations after the decoder's extract layers, each
+        (B, 1 + rows*cols, width). Runs the backbone once, and no block past the deepest extract layer."""
+        return self.visual.forward_features(pixel_values.to(self.device), self.config.decoder.extract_layers)
+
+    def decode(
+        self,
+        features: list[torch.Tensor],
+        conditional: torch.Tensor,
+        *,
+        output_size: tuple[int, int],
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decoder only: features of B_img images and B conditional vectors -> logits (B, 1, *output_size).
+
+        Prompt b is paired with image `image_index[b]`; without `image_index` pairing is 1:1, or every prompt
+        reads the single image when B_img == 1."""
+        grid = self.visual.grid_for(*output_size)
+        conditional = conditional.to(device=self.device, dtype=features[0].dtype)
+        if image_index is None and features[0].shape[0] not in (1, conditional.shape[0]):
+            raise ValueError(
+                f"{features[0].shape[0]} images and {conditional.shape[0]} conditional vectors: pass image_index"
+            )
+        logits = self.decoder(features, conditional, grid, image_index)
+        if logits.shape[-2:] != tuple(output_size):
+            # Input sides that are not multiples of the patch size: the head covers only whole patches.
+            logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+        return logits
+
+    def forward(self, pixel_values: torch.Tensor, conditional: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, H, W) and conditional vectors (B, 512) -> logits (B, 1, H, W)."""
+        if pixel_values.shape[0] != conditional.shape[0]:
+            raise ValueError(
+                f"{pixel_values.shape[0]} images but {conditional.shape[0]} conditional vectors (must match)"
+            )
+        features = self.extract_features(pixel_values)
+        return self.decode(features, conditional, output_size=tuple(pixel_values.shape[-2:]))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write weights (safetensors), config and tokenizer files to `directory`; `clipseg.load_model` reads it."""
+        from ..checkpoints.io import write_safetensors
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        write_safetensors(self.state_dict(), directory / WEIGHTS_NAME)
+        config = {"format": CONFIG_FORMAT, **self.config.to_dict()}
+        tmp = directory / f".{CONFIG_NAME}.tmp"
+        tmp.write_text(json.dumps(config, indent=2))
+        os.replace(tmp, directory / CONFIG_NAME)
+        return directory
