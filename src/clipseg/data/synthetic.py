@@ -135,7 +135,8 @@ def render_scene(
             cx = float(rng.uniform(radius, width - radius))
             cy = float(rng.uniform(radius, height - radius))
             angle = float(rng.uniform(-math.pi / 9, math.pi / 9))
-            vertices = np.round(_shape_outline(kind, cx, cy, radius, angle), 2)
+            # Whole-pixel vertices make every polygon rasteriser convention (PIL, truncating, float) agree.
+            vertices = np.round(_shape_outline(kind, cx, cy, radius, angle))
             polygon = [float(v) for v in vertices.reshape(-1)]
             mask = rasterize_polygons([polygon], size)
             if mask.any() and not (mask & occupied).any():
