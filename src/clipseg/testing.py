@@ -1,0 +1,82 @@
+"""Random but well-conditioned models for tests and benchmarks (no pretrained weights can be downloaded there).
+
+Fresh initialisations make a poor test: transformers draws the CLIPSeg decoder from N(0, 1), which saturates its
+attention, and LayerNorms start at (1, 0), which hides swapped parameters. `perturb_` re-draws the decoder at a
+sane scale and adds noise everywhere else so that logits vary across pixels and prompts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model.clipseg import CLIPSeg
+from .model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
+
+TINY_CONFIG = CLIPSegConfig(
+    vision=VisionConfig(width=64, layers=4, heads=4, mlp_width=128, patch_size=16, image_size=64, output_dim=32),
+    text=TextConfig(width=32, layers=2, heads=4, mlp_width=64, output_dim=32),
+    decoder=DecoderConfig(reduce_dim=16, heads=4, mlp_width=64, extract_layers=(1, 2, 3)),
+)
+
+
+@torch.no_grad()
+def perturb_(module: nn.Module, *, seed: int, decoder_prefixes: tuple[str, ...] = ("decoder.",)) -> nn.Module:
+    """Make random weights non-degenerate in place (see the module docstring); returns `module`."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in module.named_parameters():
+        noise = torch.randn(param.shape, generator=generator)
+        if name.startswith(decoder_prefixes):
+            if param.ndim > 1:
+                fan_in = param[0].numel()
+                param.copy_(noise * (1.0 / fan_in) ** 0.5)
+            else:
+                param.add_(0.1 * noise)
+        else:
+            param.add_(0.02 * noise)
+    return module
+
+
+def random_model(config: CLIPSegConfig = TINY_CONFIG, *, seed: int = 0) -> CLIPSeg:
+    """Our CLIPSeg with random, well-conditioned weights, in eval mode."""
+    torch.manual_seed(seed)
+    return perturb_(CLIPSeg(config), seed=seed).eval()
+
+
+def random_transformers_clipseg(config: CLIPSegConfig = TINY_CONFIG, *, seed: int = 0):
+    """transformers' `CLIPSegForImageSegmentation` (the independent oracle) of the same architecture, with random
+    well-conditioned weights. Needs the `transformers` package (a test dependency)."""
+    from transformers import CLIPSegConfig as HFConfig
+    from transformers import CLIPSegForImageSegmentation
+
+    vision, text, decoder = config.vision, config.text, config.decoder
+    hf_config = HFConfig(
+        vision_config=dict(
+            hidden_size=vision.width,
+            num_hidden_layers=vision.layers,
+            num_attention_heads=vision.heads,
+            intermediate_size=vision.mlp_width,
+            patch_size=vision.patch_size,
+            image_size=vision.image_size,
+            hidden_act=vision.activation,
+        ),
+        text_config=dict(
+            vocab_size=text.vocab_size,
+            max_position_embeddings=text.context_length,
+            hidden_size=text.width,
+            num_hidden_layers=text.layers,
+            num_attention_heads=text.heads,
+            intermediate_size=text.mlp_width,
+            hidden_act=text.activation,
+        ),
+        projection_dim=vision.output_dim,
+        extract_layers=list(decoder.extract_layers),
+        reduce_dim=decoder.reduce_dim,
+        decoder_num_attention_heads=decoder.heads,
+        decoder_intermediate_size=decoder.mlp_width,
+        conditional_layer=decoder.cond_layer,
+        use_complex_transposed_convolution=decoder.head == "refined",
+    )
+    torch.manual_seed(seed)
+    model = CLIPSegForImageSegmentation(hf_config)
+    return perturb_(model, seed=seed).eval()
