@@ -120,8 +120,9 @@ def gaussian_blur(image: torch.Tensor, sigma: float, kernel_size: int = BLUR_KER
     half = kernel_size // 2
     padding_mode = "reflect" if min(image.shape[-2:]) > half else "replicate"
     padded = F.pad(image[None], (half, half, half, half), mode=padding_mode)
-    horizontal = kernel.view(1, 1, 1, kernel_size).expand(channels, 1, 1, kernel_size)
-    vertical = kernel.view(1, 1, kernel_size, 1).expand(channels, 1, kernel_size, 1)
+    # Contiguous per-channel weights: an expanded (stride-0) weight sends grouped conv2d down a much slower path.
+    horizontal = kernel.view(1, 1, 1, kernel_size).repeat(channels, 1, 1, 1)
+    vertical = kernel.view(1, 1, kernel_size, 1).repeat(channels, 1, 1, 1)
     blurred = F.conv2d(F.conv2d(padded, horizontal, groups=channels), vertical, groups=channels)
     return blurred[0]
 

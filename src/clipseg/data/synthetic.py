@@ -6,11 +6,21 @@ datasets written here in the same on-disk layouts (PhraseCut, COCO instances JSO
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import csv
+import json
 import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from pycocotools import mask as mask_utils
 
 SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -152,3 +162,215 @@ def render_scene(
     pixels += rng.normal(0.0, 4.0, size=pixels.shape).astype(np.float32)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     return Scene(image=image, shapes=shapes)
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path` and move it onto `path` once written."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _save_image(image: Image.Image, path: Path) -> None:
+    with _atomic_path(path) as temporary:
+        image.save(temporary, format="JPEG" if path.suffix.lower() in {".jpg", ".jpeg"} else "PNG", quality=95)
+
+
+def _save_json(data: Any, path: Path) -> None:
+    with _atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _scenes(n_images: int, seed: int, size: tuple[int, int]) -> Iterator[Scene]:
+    if n_images < 1:
+        raise ValueError(f"n_images must be at least 1, got {n_images}")
+    rng = np.random.default_rng(seed)
+    for _ in range(n_images):
+        yield render_scene(rng, size=size, n_shapes=(1, 4))
+
+
+def _location_phrase(shape: Shape) -> str:
+    where = "in the middle" if shape.location == "middle" else f"on the {shape.location}"
+    return f"{shape.phrase} {where}"
+
+
+def _groups_by_phrase(shapes: Sequence[Shape]) -> dict[str, list[Shape]]:
+    groups: dict[str, list[Shape]] = {}
+    for shape in shapes:
+        groups.setdefault(shape.phrase, []).append(shape)
+    return groups
+
+
+def write_phrasecut(
+    out_dir: str | os.PathLike,
+    n_images: int,
+    *,
+    seed: int = 0,
+    size: tuple[int, int] = (96, 128),
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> Path:
+    """Write a synthetic dataset in the official PhraseCut layout and return its ``VGPhraseCut_v0`` directory.
+
+    Every image gets one task per distinct phrase (``"red circle"``, all instances of it) and, where a phrase
+    has several instances in different places, one task per instance with its location (``"red circle on the
+    left"``). Images are split into train/val/test by `split_fractions`.
+    """
+    root = Path(out_dir) / "VGPhraseCut_v0"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    splits = ("train", "val", "test")
+    boundaries = np.cumsum(np.asarray(split_fractions, dtype=float) / sum(split_fractions)) * n_images
+    tasks: dict[str, list[dict[str, Any]]] = {split: [] for split in splits}
+    image_info: list[dict[str, Any]] = []
+    next_ann_id = 1
+    for index, scene in enumerate(_scenes(n_images, seed, size)):
+        image_id = index + 1
+        split = splits[int(np.searchsorted(boundaries, index, side="right"))]
+        _save_image(scene.image, root / "images" / f"{image_id}.jpg")
+        image_info.append({"image_id": image_id, "width": size[1], "height": size[0], "split": split,
+                           "coco_id": None, "flickr_id": None, "url": None})
+        ann_ids = {id(shape): next_ann_id + k for k, shape in enumerate(scene.shapes)}
+        next_ann_id += len(scene.shapes)
+        referrals: list[tuple[str, list[Shape], str]] = []
+        for phrase, group in _groups_by_phrase(scene.shapes).items():
+            referrals.append((phrase, group, "attribute"))
+            locations = [shape.location for shape in group]
+            if len(group) > 1:
+                referrals += [(_location_phrase(s), [s], "relation") for s in group if locations.count(s.location) == 1]
+        for phrase, group, phrase_type in referrals:
+            ids = [ann_ids[id(shape)] for shape in group]
+            tasks[split].append({
+                "task_id": f"{image_id}__{'_'.join(map(str, ids))}",
+                "image_id": image_id,
+                "ann_ids": ids,
+                "instance_boxes": [list(shape.bbox) for shape in group],
+                "Polygons": [[np.reshape(poly, (-1, 2)).tolist() for poly in shape.polygon] for shape in group],
+                "phrase": phrase,
+                "phrase_structure": {"name": group[0].kind, "attributes": [group[0].colour],
+                                     "relation_ids": [], "relation_descriptions": [], "type": phrase_type},
+            })
+    for split in splits:
+        _save_json(tasks[split], root / f"refer_{split}.json")
+    _save_json(image_info, root / "image_data_split.json")
+    return root
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO's uncompressed RLE: run lengths over the column-major pixels, starting with a run of zeros."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(edges).tolist()
+    if flat[0]:
+        counts = [0] + counts
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def write_coco(
+    out_dir: str | os.PathLike,
+    n_images: int,
+    *,
+    seed: int = 0,
+    size: tuple[int, int] = (96, 128),
+) -> Path:
+    """Write a synthetic COCO instances dataset (``images/`` + ``annotations.json``); return the JSON path.
+
+    Categories are the shape phrases (``"red circle"``). Segmentations cycle through the three COCO encodings:
+    polygons, compressed RLE and uncompressed RLE (the latter marked ``iscrowd`` as COCO does).
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    names = [f"{colour} {kind}" for colour in COLOURS for kind in SHAPE_KINDS]
+    category_ids = {name: k + 1 for k, name in enumerate(names)}
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for index, scene in enumerate(_scenes(n_images, seed, size)):
+        image_id = index + 1
+        file_name = f"{image_id:06d}.jpg"
+        _save_image(scene.image, out / "images" / file_name)
+        images.append({"id": image_id, "file_name": file_name, "height": size[0], "width": size[1]})
+        for shape in scene.shapes:
+            kind = len(annotations) % 3
+            if kind == 0:
+                segmentation: Any = shape.polygon
+            elif kind == 1:
+                encoded = mask_utils.encode(np.asfortranarray(shape.mask.astype(np.uint8)))
+                segmentation = {"size": encoded["size"], "counts": encoded["counts"].decode("ascii")}
+            else:
+                segmentation = _uncompressed_rle(shape.mask)
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[shape.phrase],
+                "segmentation": segmentation, "area": float(shape.mask.sum()), "bbox": list(shape.bbox),
+                "iscrowd": int(kind == 2),
+            })
+    categories = [{"id": category_ids[name], "name": name, "supercategory": name.split()[1]} for name in names]
+    path = out / "annotations.json"
+    _save_json({"images": images, "annotations": annotations, "categories": categories}, path)
+    return path
+
+
+def write_folder(
+    out_dir: str | os.PathLike,
+    n_images: int,
+    *,
+    seed: int = 0,
+    size: tuple[int, int] = (96, 128),
+    as_csv: bool = False,
+) -> Path:
+    """Write a synthetic own-data folder (see `clipseg.data.folder`) and return its root (or the CSV file).
+
+    Without `as_csv`: ``images/<name>.jpg`` and ``masks/<name>__<prompt>.png`` (prompt in the file name).
+    With `as_csv`: ``images/``, ``masks/<name>_<k>.png`` and ``annotations.csv`` with columns image, mask, prompt.
+    Prompts read ``"the red circle"``; one mask per distinct phrase of an image (the union of its instances).
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str]] = []
+    for index, scene in enumerate(_scenes(n_images, seed, size)):
+        name = f"scene_{index:05d}"
+        _save_image(scene.image, out / "images" / f"{name}.jpg")
+        for k, (phrase, group) in enumerate(_groups_by_phrase(scene.shapes).items()):
+            prompt = f"the {phrase}"
+            union = np.logical_or.reduce([shape.mask for shape in group])
+            mask_name = f"{name}_{k}.png" if as_csv else f"{name}__{prompt}.png"
+            _save_image(Image.fromarray(union.astype(np.uint8) * 255, "L"), out / "masks" / mask_name)
+            rows.append((f"images/{name}.jpg", f"masks/{mask_name}", prompt))
+    if not as_csv:
+        return out
+    path = out / "annotations.csv"
+    with _atomic_path(path) as temporary:
+        with temporary.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "mask", "prompt"])
+            writer.writerows(rows)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``python -m clipseg.data.synthetic {phrasecut,coco,folder,folder-csv} OUT --n 200``."""
+    parser = argparse.ArgumentParser(prog="python -m clipseg.data.synthetic", description=main.__doc__)
+    parser.add_argument("format", choices=["phrasecut", "coco", "folder", "folder-csv"])
+    parser.add_argument("out", type=Path, help="output directory (created if missing)")
+    parser.add_argument("--n", type=int, default=200, help="number of images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--height", type=int, default=96)
+    parser.add_argument("--width", type=int, default=128)
+    args = parser.parse_args(argv)
+    size = (args.height, args.width)
+    if args.format == "phrasecut":
+        written = write_phrasecut(args.out, args.n, seed=args.seed, size=size)
+    elif args.format == "coco":
+        written = write_coco(args.out, args.n, seed=args.seed, size=size)
+    else:
+        written = write_folder(args.out, args.n, seed=args.seed, size=size, as_csv=args.format == "folder-csv")
+    print(written)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Reader of the VGPhraseCut dataset in its official on-disk layout (github.com/ChenyunWu/PhraseCutDataset).
+
+Layout::
+
+    VGPhraseCut_v0/
+        refer_train.json, refer_val.json, refer_test.json, refer_miniv.json
+        images/<image_id>.jpg
+
+Each ``refer_<split>.json`` is a list of tasks (one phrase-region pair each) with the keys ``task_id``,
+``image_id``, ``ann_ids``, ``instance_boxes`` (xywh), ``Polygons`` (one list of polygons per instance, each
+polygon a list of ``[x, y]`` points), ``phrase`` and ``phrase_structure``. Masks are rasterised like the
+official tools do (``PIL.ImageDraw.polygon`` with integer-truncated points, outline included), at the size of
+the image file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Images whose size in the annotations does not match the actual file; the original CLIPSeg code skips them.
+SIZE_MISMATCH_IMAGE_IDS: frozenset[int] = frozenset({
+    150417, 285665, 498246, 61564, 285743, 498269, 498010, 150516, 150344, 286093, 61530, 150333, 286065, 285814,
+    498187, 285761, 498042,
+})
+SPLITS: tuple[str, ...] = ("train", "val", "test", "miniv")
+
+Polygon = Sequence[Sequence[float]]
+
+
+@dataclass(frozen=True)
+class PhraseCutTask:
+    """One phrase-region pair: the phrase and the polygons of every instance it refers to."""
+
+    task_id: str
+    image_id: int
+    phrase: str
+    polygons: list[list[Polygon]]
+    instance_boxes: list[list[float]]
+    phrase_structure: dict[str, Any]
+
+
+def polygons_to_mask(instance_polygons: Sequence[Sequence[Polygon]], height: int, width: int) -> np.ndarray:
+    """Rasterise PhraseCut ``Polygons`` (per instance, a list of ``[x, y]``-point polygons) to an (H, W) bool mask.
+
+    Follows the official ``polygons_to_mask``: points truncated to integers, each polygon filled with its outline,
+    the union over all polygons of all instances. Polygons with fewer than two points are ignored, as there.
+    """
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygons in instance_polygons:
+        for polygon in polygons:
+            if len(polygon) < 2:
+                continue
+            draw.polygon([(int(x), int(y)) for x, y in polygon], outline=1, fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _dataset_dir(root: str | Path) -> Path:
+    root = Path(root)
+    if (root / "VGPhraseCut_v0").is_dir():
+        return root / "VGPhraseCut_v0"
+    if not root.is_dir():
+        raise FileNotFoundError(f"PhraseCut directory not found: {root}")
+    return root
+
+
+def _parse_task(raw: dict[str, Any], source: Path) -> PhraseCutTask:
+    try:
+        return PhraseCutTask(
+            task_id=str(raw["task_id"]),
+            image_id=int(raw["image_id"]),
+            phrase=str(raw["phrase"]),
+            polygons=raw["Polygons"],
+            instance_boxes=raw.get("instance_boxes", []),
+            phrase_structure=raw.get("phrase_structure", {}),
+        )
+    except KeyError as missing:
+        raise ValueError(f"{source}: task {raw.get('task_id', '?')} lacks the key {missing}") from None
+
+
+class PhraseCut:
+    """The tasks of one or more PhraseCut splits, with image and mask loading.
+
+    Args:
+        root: the ``VGPhraseCut_v0`` directory or its parent.
+        split: ``"train"``, ``"val"``, ``"test"``, ``"miniv"``, or several joined by ``_`` (``"val_miniv"`` is the
+            full validation set, as in the official loader).
+        exclude_image_ids: images to skip; by default the ones whose annotated size does not match the file.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        exclude_image_ids: Collection[int] = SIZE_MISMATCH_IMAGE_IDS,
+    ) -> None:
+        self.root = _dataset_dir(root)
+        self.split = split
+        tasks: list[PhraseCutTask] = []
+        for part in split.split("_"):
+            if part not in SPLITS:
+                raise ValueError(f"unknown PhraseCut split {part!r}; expected {', '.join(SPLITS)} (joined by '_')")
+            path = self.root / f"refer_{part}.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"PhraseCut annotation file not found: {path}")
+            with path.open(encoding="utf-8") as handle:
+                raw_tasks = json.load(handle)
+            if not isinstance(raw_tasks, list):
+                raise ValueError(f"{path}: expected a JSON list of tasks, got {type(raw_tasks).__name__}")
+            tasks.extend(_parse_task(raw, path) for raw in raw_tasks)
+        excluded = set(exclude_image_ids)
+        self.tasks: list[PhraseCutTask] = [task for task in tasks if task.image_id not in excluded]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def phrases(self) -> list[str]:
+        """The phrase of every task, in task order."""
+        return [task.phrase for task in self.tasks]
+
+    def image_path(self, image_id: int) -> Path:
+        """Path of an image file, ``images/<image_id>.jpg``."""
+        return self.root / "images" / f"{image_id}.jpg"
+
+    def _open(self, index: int) -> Image.Image:
+        path = self.image_path(self.tasks[index].image_id)
+        if not path.is_file():
+            raise FileNotFoundError(f"PhraseCut image not found: {path}")
+        return Image.open(path)
+
+    def load_image(self, index: int) -> Image.Image:
+        """The RGB image of task `index`."""
+        with self._open(index) as image:
+            return image.convert("RGB")
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The (H, W) bool target mask of task `index`, at the size of its image file."""
+        with self._open(index) as image:  # only the header is read
+            width, height = image.size
+        return polygons_to_mask(self.tasks[index].polygons, height, width)

@@ -1,0 +1,172 @@
+"""Tests of the PhraseCut reader and PhraseCut+ sampling on a synthetic dataset in the official layout."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipseg.data.phrasecut import PhraseCut, polygons_to_mask
+from clipseg.data.phrasecut_plus import PROMPT_TEMPLATES, PhraseCutPlus, find_object_crop
+from clipseg.data.synthetic import COLOURS, render_scene, write_phrasecut
+from clipseg.visual_prompt import IMAGENET_MEAN, IMAGENET_STD
+
+N_IMAGES, SEED, SIZE = 40, 3, (96, 128)
+
+
+@pytest.fixture(scope="module")
+def phrasecut_root(tmp_path_factory):
+    return write_phrasecut(tmp_path_factory.mktemp("pc"), N_IMAGES, seed=SEED, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def train(phrasecut_root):
+    return PhraseCut(phrasecut_root, "train")
+
+
+def test_polygons_to_mask_hand_case():
+    # Two instances: a rectangle given with fractional points (truncated like the official tools) and a triangle.
+    instances = [[[[1.9, 1.2], [4.5, 1.0], [4.0, 3.7], [1.0, 3.0]]], [[[7, 0], [9, 0], [7, 2]], [[0, 0]]]]
+    expected = np.zeros((5, 10), dtype=bool)
+    expected[1:4, 1:5] = True
+    expected[0, 7:10] = True
+    expected[1, 7:9] = True
+    expected[2, 7] = True
+    assert np.array_equal(polygons_to_mask(instances, 5, 10), expected)
+
+
+def test_reader_masks_match_the_rendered_scenes(phrasecut_root, train):
+    rng = np.random.default_rng(SEED)
+    scenes = [render_scene(rng, size=SIZE, n_shapes=(1, 4)) for _ in range(N_IMAGES)]
+    assert len(train) > N_IMAGES // 2
+    for index, task in enumerate(train.tasks):
+        scene = scenes[task.image_id - 1]
+        referred = [s for s in scene.shapes if task.phrase.startswith(s.phrase)]
+        mask = train.load_mask(index)
+        assert mask.shape == SIZE and mask.any()
+        union = np.logical_or.reduce([s.mask for s in referred])
+        assert np.array_equal(mask, union) or (len(referred) > 1 and (mask <= union).all())
+        assert train.load_image(index).size == (SIZE[1], SIZE[0])
+    assert train.image_path(1) == phrasecut_root / "images" / "1.jpg"
+
+
+def test_reader_splits_and_errors(phrasecut_root, tmp_path):
+    val, test = PhraseCut(phrasecut_root, "val"), PhraseCut(phrasecut_root.parent, "test")
+    both = PhraseCut(phrasecut_root, "val_test")
+    assert len(both) == len(val) + len(test) > 0
+    train_ids = {t.image_id for t in PhraseCut(phrasecut_root, "train").tasks}
+    assert train_ids.isdisjoint(t.image_id for t in both.tasks)
+    some_id = next(iter(train_ids))
+    assert some_id not in {t.image_id for t in PhraseCut(phrasecut_root, "train", exclude_image_ids={some_id}).tasks}
+    with pytest.raises(ValueError, match="unknown PhraseCut split"):
+        PhraseCut(phrasecut_root, "training")
+    with pytest.raises(FileNotFoundError, match="refer_miniv.json"):
+        PhraseCut(phrasecut_root, "miniv")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        PhraseCut(tmp_path / "absent")
+    broken = tmp_path / "VGPhraseCut_v0"
+    broken.mkdir()
+    (broken / "refer_train.json").write_text(json.dumps([{"task_id": "1__1", "image_id": 1}]))
+    with pytest.raises(ValueError, match="lacks the key 'phrase'"):
+        PhraseCut(tmp_path)
+
+
+def test_find_object_crop_meets_the_coverage_or_returns_the_best_try():
+    mask = np.zeros((60, 100), dtype=bool)
+    mask[10:50, 70:95] = True
+    for seed in range(10):
+        x0, y0, x1, y1 = find_object_crop(mask, np.random.default_rng(seed))
+        assert x1 - x0 == y1 - y0 == 60
+        assert mask[y0:y1, x0:x1].sum() > 0.05 * mask.size
+    tiny = np.zeros((60, 100), dtype=bool)
+    tiny[30, 2] = True
+    box = find_object_crop(tiny, np.random.default_rng(0))
+    replay = np.random.default_rng(0)
+    tries = []
+    for _ in range(50):
+        y, x = int(replay.integers(0, 1)), int(replay.integers(0, 41))
+        tries.append(tiny[y : y + 60, x : x + 60].sum())
+    assert tiny[box[1] : box[3], box[0] : box[2]].sum() == max(tries)
+
+
+def test_negatives_are_drawn_with_probability_0_2(train):
+    dataset = PhraseCutPlus(train, image_size=32, seed=1)
+    plans = []
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        plans += [dataset.plan(i) for i in range(len(dataset))]
+    rate = np.mean([p.negative for p in plans])
+    assert len(plans) > 300 and abs(rate - 0.2) < 0.06
+    for plan in plans:
+        assert (plan.phrase != train.tasks[plan.source_index].phrase) == plan.negative
+
+
+def test_supports_share_the_phrase_and_unique_phrases_are_text_only(train):
+    dataset = PhraseCutPlus(train, image_size=32)
+    counts = {p: len(s) for p, s in dataset.samples_by_phrase.items()}
+    seen_support = seen_unique = False
+    for index in range(len(dataset)):
+        plan = dataset.plan(index)
+        if plan.support_index is None:
+            assert plan.text_weight == 1.0
+            seen_unique |= counts[plan.phrase] == 1
+        else:
+            seen_support = True
+            assert train.tasks[plan.support_index].phrase == plan.phrase
+            assert plan.support_index != plan.source_index
+            assert 0.0 <= plan.text_weight <= 0.5
+        assert plan.text in {t.format(plan.phrase) for t in PROMPT_TEMPLATES["shuffle+"]}
+    assert seen_support and seen_unique
+
+
+def test_samples_follow_the_training_contract_and_align_image_and_target(train):
+    dataset = PhraseCutPlus(train, image_size=48, negative_prob=0.3)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for index in range(0, len(dataset), 3):
+        plan, sample = dataset.plan(index), dataset[index]
+        assert sample["image"].shape == (3, 48, 48) and sample["image"].dtype == torch.float32
+        assert sample["target"].shape == (1, 48, 48) and set(sample["target"].unique().tolist()) <= {0.0, 1.0}
+        assert sample["support"].shape == (3, 48, 48) and sample["text"] == plan.text
+        assert sample["text_weight"] == plan.text_weight
+        assert bool(sample["support"].any()) == (plan.support_index is not None)
+        if plan.negative:
+            assert not sample["target"].any()
+        elif sample["target"].sum() > 20:
+            colour = ((sample["image"] * std + mean) * 255)[:, sample["target"][0].bool()].mean(dim=1)
+            nearest = min(COLOURS, key=lambda name: float(torch.dist(torch.tensor(COLOURS[name]) * 0.92, colour)))
+            assert plan.phrase.startswith(nearest)
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    assert batch["image"].shape == (2, 3, 48, 48) and len(batch["text"]) == 2 and batch["text_weight"].shape == (2,)
+
+
+def test_samples_are_deterministic_per_seed_epoch_and_index(train):
+    first, second = PhraseCutPlus(train, image_size=32, seed=5), PhraseCutPlus(train, image_size=32, seed=5)
+    for index in (0, 7, len(first) - 1):
+        a, b = first[index], second[index]
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "target", "support"))
+        assert (a["text"], a["text_weight"]) == (b["text"], b["text_weight"])
+    reference = [first.plan(i) for i in range(len(first))]
+    assert [first.plan(i) for i in range(len(first))] == reference
+    first.set_epoch(1)
+    assert [first.plan(i) for i in range(len(first))] != reference
+    assert [PhraseCutPlus(train, seed=6).plan(i) for i in range(len(first))] != reference
+
+
+def test_exclusion_options_and_errors(train):
+    removed = "red"
+    dataset = PhraseCutPlus(train, image_size=32, negative_prob=1.0, exclude_phrase=lambda p: removed in p)
+    assert all(removed not in p for p in dataset.phrases) and len(dataset) < len(train)
+    plans = [dataset.plan(i) for i in range(len(dataset))]
+    assert all(p.negative and removed not in p.phrase for p in plans)
+    text_only = PhraseCutPlus(train, image_size=32, with_visual=False, prompt_templates="plain", crop=False)
+    plan = text_only.plan(0)
+    assert plan.support_index is None and plan.text_weight == 1.0 and plan.crop == (0, 0, SIZE[1], SIZE[0])
+    assert plan.text == plan.phrase
+    with pytest.raises(ValueError, match="image-space variant"):
+        PhraseCutPlus(train, visual_variant="cls_mask_last")
+    with pytest.raises(ValueError, match="unknown prompt set"):
+        PhraseCutPlus(train, prompt_templates="random")
+    with pytest.raises(ValueError, match="no samples left"):
+        PhraseCutPlus(train, exclude_phrase=lambda p: True)
+    with pytest.raises(IndexError):
+        dataset.plan(len(dataset))
