@@ -14,8 +14,9 @@ from .model.clipseg import CLIPSeg
 from .model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
 
 TINY_CONFIG = CLIPSegConfig(
-    vision=VisionConfig(width=64, layers=4, heads=4, mlp_width=128, patch_size=16, image_size=64, output_dim=32),
-    text=TextConfig(width=32, layers=2, heads=4, mlp_width=64, output_dim=32),
+    # Head width 64 as in every OpenAI CLIP, whose state dicts do not record the number of heads.
+    vision=VisionConfig(width=128, layers=4, heads=2, mlp_width=256, patch_size=16, image_size=64, output_dim=32),
+    text=TextConfig(width=64, layers=2, heads=1, mlp_width=128, output_dim=32),
     decoder=DecoderConfig(reduce_dim=16, heads=4, mlp_width=64, extract_layers=(1, 2, 3)),
 )
 

@@ -88,17 +88,18 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
 
 
-def _read_directory_weights(directory: Path) -> dict[str, torch.Tensor]:
+def _read_directory_weights(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights of a model directory and the file (or shard index) they came from, for error messages."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(_read_json(index)["weight_map"].values()))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             state.update(read_state_dict(directory / shard))
-        return state
+        return state, str(index)
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
-            return read_state_dict(directory / name)
+            return read_state_dict(directory / name), str(directory / name)
     raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
@@ -110,7 +111,7 @@ def _tokenizer_for(directory: Path) -> CLIPTokenizer | None:
 
 def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> CLIPSeg:
     config_json = _read_json(directory / CONFIG_NAME)
-    state = _read_directory_weights(directory)
+    state, weights_file = _read_directory_weights(directory)
     if config_json.get("format") == CONFIG_FORMAT:
         config = CLIPSegConfig.from_dict({k: v for k, v in config_json.items() if k != "format"})
         converted, unused = state, []
@@ -129,8 +130,13 @@ def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> 
             "(expected a CLIPSeg checkpoint)"
         )
     if extract_layers is not None:
+        if len(extract_layers) != len(config.decoder.extract_layers):
+            raise ValueError(
+                f"extract_layers={extract_layers} names {len(extract_layers)} CLIP blocks but the decoder of "
+                f"{directory} reads {len(config.decoder.extract_layers)}"
+            )
         config = config.replace(extract_layers=extract_layers)
-    return _build(config, converted, unused, _tokenizer_for(directory), str(directory))
+    return _build(config, converted, unused, _tokenizer_for(directory), weights_file)
 
 
 def _load_clip(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str], VisionConfig, TextConfig, CLIPTokenizer | None]:
@@ -142,7 +148,7 @@ def _load_clip(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list
         config_json = _read_json(path / CONFIG_NAME)
         if config_json.get("model_type") != "clip":
             raise CheckpointError(f"{path}: expected a transformers CLIP model (model_type 'clip')")
-        state, unused = convert.hf_clip_to_ours(_read_directory_weights(path))
+        state, unused = convert.hf_clip_to_ours(_read_directory_weights(path)[0])
         vision, text = convert.hf_towers_to_ours(config_json, str(path))
         return state, unused, vision, text, _tokenizer_for(path)
     if not path.is_file():
