@@ -1,0 +1,158 @@
+"""Training checkpoints: self-describing directories written atomically, read without unpickling code.
+
+``<run>/checkpoints/step-00001000/`` holds
+
+- ``trainable.safetensors``: the trained weights (the decoder; CLIP is frozen and rebuilt from the config),
+- ``training_state.pt``: optimiser, LR schedule, loss scaler and every process's RNG states — tensors and
+  primitive containers only, read back with ``torch.load(weights_only=True)``,
+- ``checkpoint.json``: format, step, the training config, the model config and a fingerprint of the frozen
+  weights (so resuming on different CLIP weights is refused).
+
+The directory is assembled under a hidden temporary name and renamed into place, so a ``step-*`` directory is
+always complete: a crash while saving leaves the previous checkpoint as the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..checkpoints.io import write_safetensors
+
+FORMAT = "clipseg-training-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "trainable.safetensors"
+STATE_FILE = "training_state.pt"
+METADATA_FILE = "checkpoint.json"
+CHECKPOINTS_DIR = "checkpoints"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory on disk and its metadata (``checkpoint.json``)."""
+
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.metadata["step"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The trained weights (model state-dict keys)."""
+        return load_file(self.path / WEIGHTS_FILE)
+
+    def training_state(self) -> dict[str, Any]:
+        """Optimiser, scheduler, scaler and RNG states."""
+        return torch.load(self.path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def step_directory_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def write_checkpoint(
+    checkpoints_dir: Path,
+    step: int,
+    *,
+    weights: dict[str, torch.Tensor],
+    training_state: dict[str, Any],
+    metadata: dict[str, Any],
+) -> Path:
+    """Write checkpoint `step` into `checkpoints_dir` atomically and return its directory."""
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoints_dir / step_directory_name(step)
+    staging = Path(tempfile.mkdtemp(dir=checkpoints_dir, prefix=f".{final.name}."))
+    try:
+        write_safetensors(weights, staging / WEIGHTS_FILE)
+        with open(staging / STATE_FILE, "wb") as file:
+            torch.save(training_state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        document = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, **metadata}
+        with open(staging / METADATA_FILE, "w", encoding="utf-8") as file:
+            json.dump(document, file, indent=2)
+            file.flush()
+            os.fsync(file.fileno())
+        install_directory(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def install_directory(staging: Path, final: Path) -> None:
+    """Move a fully written directory into place, replacing an existing one (renames only, same filesystem)."""
+    if final.exists():
+        retired = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old."))
+        os.replace(final, retired / final.name)
+        os.replace(staging, final)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, final)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` via a temporary file in the same directory."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoint directories in `checkpoints_dir`, oldest step first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoints_dir.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [path for _, path in sorted(found)]
+
+
+def prune_checkpoints(checkpoints_dir: Path, keep: int) -> None:
+    """Delete all but the `keep` newest checkpoints (keep 0: delete none) and leftovers of interrupted saves."""
+    for leftover in checkpoints_dir.glob(".step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep > 0:
+        for path in list_checkpoints(checkpoints_dir)[:-keep]:
+            shutil.rmtree(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open a checkpoint: a ``step-*`` directory, or a run (or its ``checkpoints``) directory for the newest one."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not (path / METADATA_FILE).is_file():
+        candidates = list_checkpoints(path / CHECKPOINTS_DIR) or list_checkpoints(path)
+        if not candidates:
+            raise FileNotFoundError(f"{path}: not a training checkpoint and holds no checkpoints/step-* directory")
+        path = candidates[-1]
+    try:
+        metadata = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path / METADATA_FILE}: not valid JSON ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a clipseg training checkpoint (format {metadata.get('format')!r})")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format version {metadata.get('format_version')} is not supported "
+            f"(this clipseg reads version {FORMAT_VERSION})"
+        )
+    for name in (WEIGHTS_FILE, STATE_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path}: incomplete checkpoint, {name} is missing")
+    return Checkpoint(path=path, metadata=metadata)

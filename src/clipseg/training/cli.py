@@ -1,0 +1,66 @@
+"""`clipseg train CONFIG.yaml [--set key=value ...] [--resume RUN]`; torch is imported only when it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..cli.common import EXIT_FAILURES, EXIT_USAGE, CLIError, print_line, run_command, stderr_console
+
+
+def train(
+    config: Annotated[
+        Optional[Path], typer.Argument(help="Training config (YAML, e.g. configs/train/rd64-pc-plus.yaml); optional with --resume.")
+    ] = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override a config value, e.g. --set optim.lr=3e-4 --set data.root=/data/phrasecut."),
+    ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue exactly from a checkpoint directory or a run directory (its newest checkpoint).")
+    ] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Train or fine-tune the CLIPSeg decoder on a frozen CLIP.
+
+    Writes config.yaml, metrics.jsonl, train.csv, validation.csv, checkpoints/step-*/ and, at the end, model/
+    (load it with clipseg.load_model) to run.output_dir (default runs/NAME). Several GPUs or nodes:
+    torchrun --nproc_per_node 4 --no-python clipseg train CONFIG.yaml.
+    """
+
+    def body() -> None:
+        import logging
+
+        from rich.logging import RichHandler
+
+        from .config import load_config
+        from .trainer import NonFiniteLossError, Trainer
+
+        if config is None and resume is None:
+            raise CLIError("give a training config (CONFIG.yaml) or --resume RUN", EXIT_USAGE)
+        handler = RichHandler(console=stderr_console(), show_path=False, markup=False)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
+        settings = load_config(config) if config is not None else None
+        try:
+            if resume is not None:
+                trainer = Trainer.resume(resume, config=settings, overrides=overrides or ())
+            else:
+                trainer = Trainer(settings.with_overrides(overrides or ()))
+            result = trainer.train()
+        except NonFiniteLossError as error:
+            raise CLIError(str(error), EXIT_FAILURES) from None
+        finally:
+            _leave_process_group()
+        if result.model_dir is not None:  # rank 0
+            print_line(stderr_console(), f"done: step {result.step}, loss {result.loss:.4f}, model in {result.model_dir}")
+
+    run_command(body, debug=debug)
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

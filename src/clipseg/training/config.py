@@ -1,0 +1,367 @@
+"""Training configuration: small dataclasses read from YAML, every value overridable as ``section.key=value``.
+
+A config file has the sections ``model``, ``data``, ``optim`` and ``run`` plus a ``name``; keys left out take the
+defaults below, which are the paper's PhraseCut+ setting (rd64, batch 64, AdamW 1e-3 cosine to 1e-4 over 20,000
+iterations, BCE, mixed precision on GPU). Unknown keys and values of the wrong type are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..checkpoints.pretrained import DEFAULT_CLIP
+
+RANDOM_CLIP = "random"
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+SourceFormat = Literal["phrasecut", "coco", "folder"]
+
+
+@dataclass
+class ModelSettings:
+    """Which model is trained.
+
+    Attributes:
+        preset: architecture from `clipseg.model.config.PRESETS` ("rd64", "rd64-refined", "rd16", "rd128").
+        architecture: overrides of `CLIPSegConfig` fields on top of the preset, nested like its `to_dict()`,
+            e.g. ``{"decoder": {"extract_layers": [3, 7, 9]}}``. Vision/text fields only with ``clip: random``
+            (pre-trained CLIP weights fix their own architecture).
+        clip: CLIP weights the decoder is trained on: a hub id or local file/directory in any layout
+            `clipseg.load_model` reads for CLIP, or "random" for an untrained CLIP (Table 9 "no CLIP
+            pre-training"). Ignored when `init` is set.
+        init: start from a full CLIPSeg checkpoint (any `clipseg.load_model` source) and fine-tune its decoder;
+            the architecture then comes from that checkpoint.
+        dropout: dropout of the decoder's transformer blocks while training (torch's default 0.1, as released).
+    """
+
+    preset: str = "rd64"
+    architecture: dict[str, Any] = field(default_factory=dict)
+    clip: str = DEFAULT_CLIP
+    init: str | None = None
+    dropout: float = 0.1
+
+
+@dataclass
+class DataSettings:
+    """Where samples come from and how PhraseCut+ (`clipseg.data.phrasecut_plus.PhraseCutPlus`) draws them.
+
+    Attributes:
+        format: on-disk layout of the data: "phrasecut" (VGPhraseCut_v0), "coco" (COCO-format instances JSON,
+            category names as prompts) or "folder" (own data: images + one mask per prompt, see
+            `clipseg.data.folder`).
+        root: the training data: the PhraseCut directory, the COCO instances JSON file (images in ``images/``
+            next to it unless `image_dir` is set), or the own-data folder / CSV file.
+        split: PhraseCut split to train on (phrasecut only).
+        val: validation data, or None for no validation: a PhraseCut split name ("val"), or for coco/folder the
+            path of another instances JSON / folder / CSV file.
+        image_dir: COCO image directory (coco only; default ``images/`` next to the JSON file).
+        image_size: side of the square training images.
+        prompt_templates: template set applied to phrases ("plain", "fixed", "shuffle", "shuffle+").
+        negative_prob: probability of a negative sample (another phrase, empty target).
+        with_visual: use visual supports and mix their CLIP embedding with the text's.
+        mix_text_min, mix_text_max: range of the text weight w of samples with a support.
+        visual_variant: visual prompt engineering of supports (`clipseg.visual_prompt.VARIANTS`).
+        remove_classes: WordNet preset of `clipseg.data.wordnet` whose phrases are removed (zero/one-shot
+            experiments), or None.
+        crop: object-aware random square crops (else the whole image is resized).
+        num_workers: DataLoader worker processes.
+    """
+
+    format: SourceFormat = "phrasecut"
+    root: str | None = None
+    split: str = "train"
+    val: str | None = None
+    image_dir: str | None = None
+    image_size: int = 352
+    prompt_templates: str = "shuffle+"
+    negative_prob: float = 0.2
+    with_visual: bool = True
+    mix_text_min: float = 0.0
+    mix_text_max: float = 0.5
+    visual_variant: str = "crop_blur_highlight"
+    remove_classes: str | None = None
+    crop: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class OptimSettings:
+    """Optimisation: AdamW with a per-step cosine schedule from `lr` down to `lr_min` over `max_iterations`.
+
+    Attributes:
+        batch_size: global batch size (split evenly over the processes of a distributed run).
+        precision: "auto" (fp16 mixed precision on CUDA as in the paper, fp32 elsewhere), "fp32", "fp16"
+            (CUDA/MPS only, with loss scaling) or "bf16" (mixed precision, also on CPU).
+        grad_clip_norm: clip the decoder's gradient norm to this value, or None.
+    """
+
+    batch_size: int = 64
+    max_iterations: int = 20000
+    lr: float = 1e-3
+    lr_min: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    precision: Precision = "auto"
+    grad_clip_norm: float | None = None
+
+
+@dataclass
+class RunSettings:
+    """Bookkeeping that does not change the trained weights.
+
+    Attributes:
+        output_dir: run directory (default ``runs/<name>``): config, metrics, checkpoints and the final model.
+        seed: seed of model initialisation, data order and augmentation.
+        device: "cpu", "cuda", "cuda:1", "mps", ... or None for the best available (a distributed run on
+            CUDA uses the process's LOCAL_RANK device).
+        log_every: steps between logged training metrics.
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+        keep_checkpoints: how many of the newest checkpoints to keep (0 keeps all).
+        val_every: steps between validations (None: only at the end, when `data.val` is set).
+        val_batch_size: batch size per process during validation.
+        val_max_batches: limit validation to this many batches per process, or None for the whole split.
+        progress: show a progress bar (None: when stderr is a terminal).
+        tensorboard: also write TensorBoard event files (needs the `tensorboard` package).
+    """
+
+    output_dir: str | None = None
+    seed: int = 0
+    device: str | None = None
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    val_every: int | None = None
+    val_batch_size: int = 16
+    val_max_batches: int | None = None
+    progress: bool | None = None
+    tensorboard: bool = False
+
+
+# Settings a resumed run may change: they do not affect which weights come out.
+RESUMABLE_OVERRIDES = frozenset(
+    {
+        "run.output_dir", "run.device", "run.log_every", "run.checkpoint_every", "run.keep_checkpoints",
+        "run.val_every", "run.val_batch_size", "run.val_max_batches", "run.progress", "run.tensorboard",
+        "data.num_workers",
+    }
+)
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run. Build with `load_config` (YAML + overrides) or `TrainConfig.from_dict`."""
+
+    name: str = "clipseg"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def __post_init__(self) -> None:
+        _check(self.name.strip() != "", "name", "must not be empty")
+        _check(0.0 <= self.model.dropout < 1.0, "model.dropout", "must lie in [0, 1)")
+        _check(self.data.image_size > 0, "data.image_size", "must be positive")
+        _check(0.0 <= self.data.negative_prob <= 1.0, "data.negative_prob", "must lie in [0, 1]")
+        _check(
+            0.0 <= self.data.mix_text_min <= self.data.mix_text_max <= 1.0,
+            "data.mix_text_min/max",
+            "need 0 <= mix_text_min <= mix_text_max <= 1",
+        )
+        _check(self.data.num_workers >= 0, "data.num_workers", "must be non-negative")
+        _check(self.optim.batch_size > 0, "optim.batch_size", "must be positive")
+        _check(self.optim.max_iterations > 0, "optim.max_iterations", "must be positive")
+        _check(0.0 <= self.optim.lr_min <= self.optim.lr, "optim.lr_min", "need 0 <= lr_min <= lr")
+        _check(self.optim.weight_decay >= 0, "optim.weight_decay", "must be non-negative")
+        _check(
+            self.optim.grad_clip_norm is None or self.optim.grad_clip_norm > 0,
+            "optim.grad_clip_norm",
+            "must be positive or null",
+        )
+        _check(self.run.seed >= 0, "run.seed", "must be non-negative")
+        _check(self.run.log_every > 0, "run.log_every", "must be positive")
+        _check(self.run.checkpoint_every > 0, "run.checkpoint_every", "must be positive")
+        _check(self.run.keep_checkpoints >= 0, "run.keep_checkpoints", "must be non-negative")
+        _check(self.run.val_every is None or self.run.val_every > 0, "run.val_every", "must be positive or null")
+        _check(self.run.val_batch_size > 0, "run.val_batch_size", "must be positive")
+        _check(
+            self.run.val_max_batches is None or self.run.val_max_batches > 0,
+            "run.val_max_batches",
+            "must be positive or null",
+        )
+
+    @property
+    def output_dir(self) -> Path:
+        """The run directory: `run.output_dir`, or ``runs/<name>``."""
+        return Path(self.run.output_dir if self.run.output_dir is not None else Path("runs") / self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-serialisable; tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a nested dict, coercing values to the declared types; unknown keys are errors."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a training config must be a mapping of sections, got {type(data).__name__}")
+        return _build(cls, data, "")
+
+    def with_overrides(self, overrides: Iterable[str]) -> TrainConfig:
+        """A copy with ``"section.key=value"`` overrides applied (values parsed as YAML, then type-checked)."""
+        data = self.to_dict()
+        for override in overrides:
+            key, value = parse_override(override)
+            _set_path(data, key.split("."), value, key)
+        return TrainConfig.from_dict(data)
+
+
+def parse_override(override: str) -> tuple[str, Any]:
+    """``"optim.lr=3e-4"`` -> ``("optim.lr", "3e-4")``; the value is parsed as YAML (lists, null, true)."""
+    key, separator, text = override.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise ValueError(f"override {override!r} must look like section.key=value (e.g. optim.lr=3e-4)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {override!r}: the value is not valid YAML ({error.problem})") from None
+    return key, value
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Read a YAML training config and apply ``section.key=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    try:
+        return TrainConfig.from_dict(data).with_overrides(overrides)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def changed_keys(old: TrainConfig, new: TrainConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    flat_old, flat_new = _flatten(old.to_dict()), _flatten(new.to_dict())
+    return sorted(key for key in flat_old.keys() | flat_new.keys() if flat_old.get(key) != flat_new.get(key))
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{key}: {message}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _set_path(data: dict[str, Any], parts: list[str], value: Any, key: str) -> None:
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        if part not in node and depth >= 2:  # a new key inside a free-form dict such as model.architecture
+            node[part] = {}
+        if not isinstance(node.get(part), dict):
+            raise ValueError(f"unknown config key {key!r}")
+        node = node[part]
+    if len(parts) <= 2 and parts[-1] not in node:
+        raise ValueError(f"unknown config key {key!r}")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
+    values = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """`value` converted to the type `hint`, or a ValueError naming `key`."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{key}: expected a section (mapping), got {value!r}")
+        return _build(hint, value, key + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(value, option, key)
+            except ValueError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and Ellipsis not in args:
+            if len(value) != len(args):
+                raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        return origin(_coerce(v, args[0], key) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return copy.deepcopy(dict(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML 1.1 reads "1e-3" (no dot) as a string, so numeric strings are accepted for floats.
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if hint is Any:
+        return value
+    raise TypeError(f"{key}: unsupported config type {hint!r}")

@@ -1,0 +1,106 @@
+"""The model a run trains: a fresh decoder on (pre-trained or random) CLIP, or a checkpoint to fine-tune."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..model.clipseg import CLIPSeg
+from ..model.config import PRESETS, CLIPSegConfig
+from .config import RANDOM_CLIP, ModelSettings
+
+
+def build_model(settings: ModelSettings, seed: int) -> CLIPSeg:
+    """The model of `settings`, on the CPU, CLIP frozen. A fresh decoder is initialised from `seed` (without
+    touching the global RNG), so every process of a run and every resumption builds the same model."""
+    if settings.init is not None:
+        if settings.architecture:
+            raise ValueError("model.architecture cannot be combined with model.init (the checkpoint fixes it)")
+        from ..checkpoints.load import load_model
+
+        model = load_model(settings.init)
+    else:
+        model = _fresh_model(settings, seed)
+    set_decoder_dropout(model, settings.dropout)
+    return model
+
+
+def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
+    if settings.preset not in PRESETS:
+        raise ValueError(f"model.preset: unknown preset {settings.preset!r} (one of {', '.join(PRESETS)})")
+    config = _with_architecture(PRESETS[settings.preset], settings.architecture)
+    clip_state, tokenizer = None, None
+    if settings.clip != RANDOM_CLIP:
+        if {"vision", "text"} & set(settings.architecture):
+            raise ValueError(
+                "model.architecture: vision/text settings need model.clip: random (CLIP weights fix their architecture)"
+            )
+        from ..checkpoints.load import _load_clip
+
+        clip_state, unused, vision, text, tokenizer = _load_clip(settings.clip)
+        if unused:
+            raise ValueError(f"model.clip {settings.clip}: unexpected keys {sorted(unused)[:5]}")
+        config = dataclasses.replace(config, vision=vision, text=text)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPSeg(config, tokenizer)
+    if clip_state is not None:
+        missing, unexpected = model.load_state_dict(clip_state, strict=False)
+        not_decoder = [key for key in missing if not key.startswith("decoder.")]
+        if not_decoder or unexpected:
+            raise ValueError(
+                f"model.clip {settings.clip}: weights do not fit CLIP "
+                f"(missing {not_decoder[:5]}, unexpected {list(unexpected)[:5]})"
+            )
+    return model.eval()
+
+
+def _with_architecture(config: CLIPSegConfig, overrides: Mapping[str, Any]) -> CLIPSegConfig:
+    merged = _deep_merge(config.to_dict(), overrides)
+    try:
+        return CLIPSegConfig.from_dict(merged)
+    except TypeError as error:  # an unknown field of a sub-config
+        raise ValueError(f"model.architecture: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"model.architecture: {error}") from None
+
+
+def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_decoder_dropout(model: CLIPSeg, probability: float) -> None:
+    """Dropout of the decoder blocks (on the attention probabilities and the residual branches) while training."""
+    for module in model.decoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = probability
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = probability
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters the optimiser updates (the decoder's), by state-dict name."""
+    return {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def frozen_fingerprint(model: nn.Module) -> str:
+    """A digest of every frozen tensor (names, shapes, dtypes, bytes): equal iff the frozen weights are equal."""
+    trainable = trainable_parameters(model)
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        if name in trainable:
+            continue
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
