@@ -1,0 +1,65 @@
+"""Shared helpers for the predictor, image and CLI tests: a tiny random CLIPSeg and real photos with EXIF tags."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import clipseg
+from clipseg.model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
+
+# EXIF tag 0x0112; value 6 means "rotate 90 degrees clockwise to display" (the photo is stored lying on its side).
+ORIENTATION_TAG = 0x0112
+
+
+def tiny_config(head: str = "refined") -> CLIPSegConfig:
+    """A CLIPSeg small enough for CPU tests: OpenAI's vocabulary (the default tokenizer), 352 px input."""
+    return CLIPSegConfig(
+        vision=VisionConfig(width=64, layers=4, heads=2, mlp_width=128, patch_size=16, output_dim=32),
+        text=TextConfig(width=32, layers=2, heads=2, mlp_width=64, output_dim=32),
+        decoder=DecoderConfig(reduce_dim=16, heads=2, mlp_width=32, extract_layers=(1, 2, 3), head=head),
+    )
+
+
+def tiny_model(seed: int = 0, head: str = "refined") -> clipseg.CLIPSeg:
+    """Random weights re-drawn He-scaled with zero biases, so that logits vary across pixels and prompts (the
+    default init leaves them almost constant)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = clipseg.CLIPSeg(tiny_config(head))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.ndim > 1:
+                # ConvTranspose2d weights are (in, out, k, k): their fan-in is the input channels.
+                fan_in = parameter.shape[0] if "trans_conv" in name and parameter.shape[0] != parameter.shape[1] else parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * math.sqrt(2.0 / fan_in))
+            elif name.endswith("bias"):
+                parameter.zero_()
+    return model.eval()
+
+
+def save_tiny_model(directory: Path, seed: int = 0) -> Path:
+    tiny_model(seed).save_pretrained(directory)
+    return directory
+
+
+def photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as an (H, W, 3) uint8 array ("coffee", "chelsea", "astronaut", ...)."""
+    from skimage import data
+
+    return getattr(data, name)()
+
+
+def save_jpeg(array: np.ndarray, path: Path, orientation: int | None = None, size: tuple[int, int] | None = None) -> Path:
+    """Write `array` (optionally resized to (width, height)) as JPEG, with an EXIF orientation tag if given."""
+    image = Image.fromarray(array)
+    if size is not None:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[ORIENTATION_TAG] = orientation
+    image.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    return path
