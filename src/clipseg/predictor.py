@@ -1,0 +1,475 @@
+"""Segment images from text prompts, image prompts or both: the CLIP backbone runs once per image.
+
+    predictor = Predictor(clipseg.load_model("CIDAS/clipseg-rd64-refined"))
+    predictor.set_image("kitchen.jpg")                      # backbone once
+    prediction = predictor.predict(["a cup", "a chair"])    # decoder only, batched over prompts
+    prediction.probabilities                                # (2, H, W) in [0, 1] at the photo's size
+    prediction.masks(0.4)                                   # (2, H, W) bool
+
+Semantics of combined prompts (all at the original image size):
+- negative prompts: the probability of prompt i becomes ``p_i * prod_j (1 - n_j)``, the chance that the pixel
+  shows the prompt and none of the negatives if they were independent; a confident negative removes a region.
+- union: ``max_i p_i``; thresholding it gives exactly the union of the per-prompt masks.
+- label map: per pixel the prompt of highest probability (labels 1..P), or 0 (background) where no prompt
+  reaches the background threshold — the paper's zero-shot semantic segmentation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .image import ImageInput, MaskInput, load_image, load_mask, preprocess, resize_mask
+from .model.clipseg import CLIPSeg
+from .postprocess import DEFAULT_THRESHOLD
+from .visual_prompt import DEFAULT_VARIANT, VARIANTS, VisualPromptSpec, prepare_support
+
+# The paper's prompt templates (Sec. 4; "shuffle+" is the training setting).
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "plain": ("{}",),
+    "fixed": ("a photo of a {}.",),
+    "shuffle": ("a photo of a {}.", "a photograph of a {}.", "an image of a {}.", "{}."),
+    "shuffle+": (
+        "a photo of a {}.",
+        "a photograph of a {}.",
+        "an image of a {}.",
+        "{}.",
+        "a cropped photo of a {}.",
+        "a good photo of a {}.",
+        "a photo of one {}.",
+        "a bad photo of a {}.",
+        "a photo of the {}.",
+    ),
+}
+# Prompt-image pairs per decoder call: bounds memory (the refined head keeps a 32-channel map at full size).
+DECODE_CHUNK = 8
+TEXT_CHUNK = 64
+
+
+class ImagePrompt:
+    """A visual prompt: one or several support images, each with a mask of the object to find.
+
+    Images and masks are loaded (and checked) on construction. Each example goes through the paper's visual
+    prompt engineering (`clipseg.visual_prompt`, variant `variant`: default crop with 10 % context, background
+    blur sigma 3, background intensity 10 %); the CLIP image embeddings of the examples are averaged.
+
+    Args:
+        images: a support image (path, PIL image, RGB array) or a list of them.
+        masks: the object mask of each image (path, PIL image, bool/uint8/float array), same size as its image.
+        variant: a name from `clipseg.visual_prompt.VARIANTS` (every row of the paper's Table 2) or a spec.
+        name: label used for outputs and in `Prediction.names`.
+
+    Raises:
+        ValueError: unequal numbers of images and masks, a mask whose size differs from its image, an empty mask,
+            or an unknown variant. Unreadable files raise as `clipseg.image.load_image` does.
+    """
+
+    def __init__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        masks: MaskInput | Sequence[MaskInput],
+        *,
+        variant: str | VisualPromptSpec = DEFAULT_VARIANT,
+        name: str = "image prompt",
+    ) -> None:
+        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+        mask_list = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+        if not image_list:
+            raise ValueError("an image prompt needs at least one support image")
+        if len(image_list) != len(mask_list):
+            raise ValueError(f"{len(image_list)} support images but {len(mask_list)} support masks (one per image)")
+        if isinstance(variant, str) and variant not in VARIANTS:
+            raise ValueError(f"unknown visual prompt variant {variant!r}; choose one of {', '.join(sorted(VARIANTS))}")
+        self.variant = variant
+        self.name = name
+        self.examples: list[tuple[Image.Image, np.ndarray]] = []
+        digest = hashlib.sha256(repr(variant).encode())
+        for index, (image_source, mask_source) in enumerate(zip(image_list, mask_list)):
+            image_name = _describe(image_source, f"support image {index + 1}")
+            mask_name = _describe(mask_source, f"support mask {index + 1}")
+            image = load_image(image_source)
+            mask = load_mask(mask_source, name=mask_name)
+            if mask.shape != (image.height, image.width):
+                raise ValueError(
+                    f"{mask_name} is {mask.shape[1]}x{mask.shape[0]} but {image_name} is {image.width}x{image.height} "
+                    "(a support mask must have its image's size)"
+                )
+            if not mask.any():
+                raise ValueError(f"{mask_name} is empty: mark the object in the support image")
+            self.examples.append((image, mask))
+            digest.update(f"{image.size}".encode())
+            digest.update(image.tobytes())
+            digest.update(np.packbits(mask).tobytes())
+        self.key = digest.hexdigest()
+
+    def __repr__(self) -> str:
+        return f"ImagePrompt(name={self.name!r}, examples={len(self.examples)}, variant={self.variant!r})"
+
+
+@dataclass(frozen=True)
+class MixedPrompt:
+    """Text and image prompt in one conditional vector: ``w * text + (1 - w) * image`` (the paper's
+    image-text interpolation; `text_weight` is w)."""
+
+    text: str
+    image: ImagePrompt
+    text_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.text_weight <= 1.0:
+            raise ValueError(f"text_weight must lie in [0, 1], got {self.text_weight}")
+
+
+Prompt = Union[str, ImagePrompt, MixedPrompt]
+Templates = Union[str, Sequence[str]]
+
+
+@dataclass
+class Prediction:
+    """The decoder's answer for one image and P prompts.
+
+    Attributes:
+        names: one label per prompt (the text, or the image prompt's name).
+        logits: (P, h, w) float32 logits at the model's input size (352x352 for the released models), on the CPU.
+        negative_logits: (N, h, w) logits of the negative prompts (N may be 0).
+        image_size: (H, W) of the original image (after EXIF orientation).
+
+    Probabilities are computed at the original size on first use: logits upsampled bilinearly, then sigmoid,
+    then the negative prompts applied (see the module docstring).
+    """
+
+    names: tuple[str, ...]
+    logits: torch.Tensor
+    negative_logits: torch.Tensor
+    image_size: tuple[int, int]
+    _negative_factor: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def probability(self, index: int) -> torch.Tensor:
+        """(H, W) float32 probability map of prompt `index`, negatives applied."""
+        if "probabilities" in self.__dict__:
+            return self.probabilities[index]
+        return self._full_size_probability(self.logits[index]) * self._negatives()
+
+    @cached_property
+    def probabilities(self) -> torch.Tensor:
+        """(P, H, W) float32 probabilities in [0, 1] at the original image size, negatives applied."""
+        return torch.stack([self._full_size_probability(logits) for logits in self.logits]) * self._negatives()
+
+    def masks(self, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """(P, H, W) bool: probability >= `threshold`."""
+        return self.probabilities >= threshold
+
+    def mask(self, index: int, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """(H, W) bool mask of prompt `index`."""
+        return self.probability(index) >= threshold
+
+    def union_probability(self) -> torch.Tensor:
+        """(H, W) max over prompts: the soft union."""
+        union = self.probability(0)
+        for index in range(1, len(self.names)):
+            union = torch.maximum(union, self.probability(index))
+        return union
+
+    def union(self, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """(H, W) bool: pixels in any prompt's mask."""
+        return self.union_probability() >= threshold
+
+    def label_map(self, background_threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """(H, W) int64 labels: 1 + index of the most probable prompt, 0 where no prompt reaches
+        `background_threshold`."""
+        best = torch.full(self.image_size, -1.0)
+        labels = torch.zeros(self.image_size, dtype=torch.long)
+        for index in range(len(self.names)):
+            probability = self.probability(index)
+            better = probability > best
+            best = torch.where(better, probability, best)
+            labels[better] = index + 1
+        labels[best < background_threshold] = 0
+        return labels
+
+    def _full_size_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        height, width = self.image_size
+        shrinking = height < logits.shape[-2] or width < logits.shape[-1]
+        upsampled = F.interpolate(
+            logits[None, None].float(), size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking
+        )
+        return torch.sigmoid(upsampled[0, 0])
+
+    def _negatives(self) -> torch.Tensor:
+        if self._negative_factor is None:
+            factor = torch.ones(self.image_size)
+            for logits in self.negative_logits:
+                factor = factor * (1.0 - self._full_size_probability(logits))
+            self._negative_factor = factor
+        return self._negative_factor
+
+
+class Predictor:
+    """Runs a CLIPSeg model on images: backbone once per image, decoder batched over prompts.
+
+    Args:
+        model: a `clipseg.CLIPSeg` (e.g. from `clipseg.load_model`).
+        device: move the model there; default: leave it where it is.
+        image_size: side of the square model input; default `model.config.image_size` (352).
+        cache_size: conditional vectors (per text/template or image prompt) kept across images (LRU).
+    """
+
+    def __init__(
+        self,
+        model: CLIPSeg,
+        *,
+        device: str | torch.device | None = None,
+        image_size: int | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        if device is not None:
+            model = model.to(device)
+        self.model = model.eval()
+        self.image_size = image_size or model.config.image_size
+        if self.image_size < model.config.vision.patch_size:
+            raise ValueError(f"image_size {self.image_size} is smaller than one {model.config.vision.patch_size}px patch")
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._features: list[torch.Tensor] | None = None
+        self._original_size: tuple[int, int] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        """(H, W) of the image given to `set_image` (after EXIF orientation), or None."""
+        return self._original_size
+
+    def set_image(self, image: ImageInput) -> None:
+        """Load `image` (path, PIL image or array), preprocess it and run the CLIP backbone once, keeping the
+        activations the decoder reads for every later `predict`."""
+        rgb = load_image(image)
+        with torch.inference_mode():
+            pixels = self._preprocess(rgb)[None]
+            self._features = self.model.extract_features(pixels)
+        self._original_size = (rgb.height, rgb.width)
+
+    def reset_image(self) -> None:
+        """Forget the stored image and its activations."""
+        self._features = None
+        self._original_size = None
+
+    def predict(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        negative: Prompt | Sequence[Prompt] | None = None,
+        templates: Templates = "plain",
+        ensemble: bool = False,
+        seed: int = 0,
+    ) -> Prediction:
+        """Segment the stored image for each prompt; runs the decoder only.
+
+        Args:
+            prompts: one prompt or a list: text, `ImagePrompt`, or `MixedPrompt`.
+            negative: prompts whose regions are removed from every mask (see the module docstring).
+            templates: text templates: "plain", "fixed", "shuffle", "shuffle+" (the paper's sets) or a list of
+                format strings with one "{}". Applied to text prompts (also inside `MixedPrompt`).
+            ensemble: average the conditional vectors over all templates; otherwise each prompt uses one
+                template, drawn reproducibly from the set (by `seed` and the prompt text).
+            seed: see `ensemble`.
+
+        Raises:
+            RuntimeError: `set_image` was not called.
+            ValueError: no prompts, an empty text prompt, unknown templates.
+        """
+        if self._features is None or self._original_size is None:
+            raise RuntimeError("no image set: call predictor.set_image(image) before predict(...)")
+        positive, negatives = _as_list(prompts), _as_list(negative)
+        if not positive:
+            raise ValueError("predict needs at least one prompt")
+        with torch.inference_mode():
+            conditionals = self.encode_prompts([*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed)
+            logits = self._decode(self._features, conditionals, torch.zeros(len(conditionals), dtype=torch.long))
+        return Prediction(
+            tuple(_name(p) for p in positive), logits[: len(positive)], logits[len(positive) :], self._original_size
+        )
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        negative: Prompt | Sequence[Prompt] | None = None,
+        templates: Templates = "plain",
+        ensemble: bool = False,
+        seed: int = 0,
+    ) -> list[Prediction]:
+        """Segment several images with the same prompts: one backbone call for the whole batch, decoder batched
+        over all image-prompt pairs. Does not change the image stored by `set_image`. Arguments as `predict`."""
+        positive, negatives = _as_list(prompts), _as_list(negative)
+        if not positive:
+            raise ValueError("predict_batch needs at least one prompt")
+        if not images:
+            return []
+        rgb_images = [load_image(image) for image in images]
+        with torch.inference_mode():
+            conditionals = self.encode_prompts([*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed)
+            pixels = torch.stack([self._preprocess(image) for image in rgb_images])
+            features = self.model.extract_features(pixels)
+            count = len(conditionals)
+            image_index = torch.arange(len(rgb_images)).repeat_interleave(count)
+            logits = self._decode(features, conditionals.repeat(len(rgb_images), 1), image_index)
+        names = tuple(_name(p) for p in positive)
+        predictions = []
+        for index, image in enumerate(rgb_images):
+            own = logits[index * count : (index + 1) * count]
+            predictions.append(Prediction(names, own[: len(positive)], own[len(positive) :], (image.height, image.width)))
+        return predictions
+
+    def encode_prompts(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        templates: Templates = "plain",
+        ensemble: bool = False,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Conditional vectors (P, D) for prompts (see `predict` for the arguments); cached across calls."""
+        template_set = _templates(templates)
+        with torch.inference_mode():
+            texts = [p if isinstance(p, str) else p.text for p in prompts if isinstance(p, (str, MixedPrompt))]
+            chosen = {text: self._chosen_templates(text, template_set, ensemble, seed) for text in texts}
+            # One batched text-encoder call for every text not cached yet.
+            self._cache_texts([template.format(text) for text, templates_ in chosen.items() for template in templates_])
+            vectors = []
+            for prompt in prompts:
+                if isinstance(prompt, str):
+                    vectors.append(self._text_vector(prompt, chosen[prompt]))
+                elif isinstance(prompt, ImagePrompt):
+                    vectors.append(self._image_vector(prompt))
+                elif isinstance(prompt, MixedPrompt):
+                    text = self._text_vector(prompt.text, chosen[prompt.text])
+                    vectors.append(prompt.text_weight * text + (1 - prompt.text_weight) * self._image_vector(prompt.image))
+                else:
+                    raise TypeError(f"a prompt is a str, ImagePrompt or MixedPrompt, got {type(prompt).__name__}")
+            return torch.stack(vectors)
+
+    def _preprocess(self, image: Image.Image) -> torch.Tensor:
+        config = self.model.config
+        return preprocess(image, self.image_size, config.image_mean, config.image_std).to(self.device)
+
+    @staticmethod
+    def _chosen_templates(text: str, templates: tuple[str, ...], ensemble: bool, seed: int) -> tuple[str, ...]:
+        if not text.strip():
+            raise ValueError("empty text prompt: say what to segment, e.g. 'a cup'")
+        if ensemble or len(templates) == 1:
+            return templates
+        return (random.Random(f"{seed}\0{text}").choice(templates),)
+
+    def _text_vector(self, text: str, templates: tuple[str, ...]) -> torch.Tensor:
+        return self._encode_texts([template.format(text) for template in templates]).mean(dim=0)
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        self._cache_texts(texts)
+        return torch.stack([self._recall(("text", text)) for text in texts])
+
+    def _cache_texts(self, texts: list[str]) -> None:
+        missing = [text for text in dict.fromkeys(texts) if ("text", text) not in self._cache]
+        tokenizer = self.model.tokenizer
+        context = self.model.config.text.context_length
+        for start in range(0, len(missing), TEXT_CHUNK):
+            chunk = missing[start : start + TEXT_CHUNK]
+            tokens = tokenizer(chunk, context_length=context)
+            for text, ids in zip(chunk, tokens.ids):
+                if ids[-1] != 0 and len(tokenizer.encode(text)) + 2 > context:
+                    warnings.warn(f"prompt {_shorten(text)!r} is longer than {context} tokens; the rest is ignored", stacklevel=5)
+            for text, vector in zip(chunk, self.model.encode_text(tokens.ids)):
+                self._remember(("text", text), vector)
+
+    def _image_vector(self, prompt: ImagePrompt) -> torch.Tensor:
+        key = ("image", prompt.key, self.image_size)
+        if key in self._cache:
+            return self._recall(key)
+        config = self.model.config
+        supports = []
+        for image, mask in prompt.examples:
+            pixels = preprocess(image, self.image_size, config.image_mean, config.image_std)
+            coverage = torch.from_numpy(resize_mask(mask, self.image_size))
+            supports.append(
+                prepare_support(pixels, coverage, prompt.variant, self.image_size, mean=config.image_mean, std=config.image_std)
+            )
+        pixel_values = torch.stack([support.pixel_values for support in supports])
+        mode = supports[0].token_mask_mode
+        token_mask = None if mode is None else torch.stack([support.token_mask for support in supports]).to(self.device)
+        embeddings = self.model.encode_image(pixel_values, token_mask=token_mask, token_mask_mode=mode or "cls_last")
+        self._remember(key, embeddings.mean(dim=0))
+        return self._recall(key)
+
+    def _decode(self, features: list[torch.Tensor], conditionals: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """Logits (N, h, w) on the CPU for N conditionals, conditional n read against image `image_index[n]`."""
+        size = (self.image_size, self.image_size)
+        outputs = []
+        for start in range(0, len(conditionals), DECODE_CHUNK):
+            stop = start + DECODE_CHUNK
+            logits = self.model.decode(
+                features, conditionals[start:stop], output_size=size, image_index=image_index[start:stop].to(self.device)
+            )
+            outputs.append(logits[:, 0].float().cpu())
+        return torch.cat(outputs)
+
+    def _remember(self, key: tuple, vector: torch.Tensor) -> None:
+        self._cache[key] = vector
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _recall(self, key: tuple) -> torch.Tensor:
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+
+def _templates(templates: Templates) -> tuple[str, ...]:
+    if isinstance(templates, str):
+        if templates not in TEMPLATES:
+            raise ValueError(f"unknown template set {templates!r}; choose one of {', '.join(TEMPLATES)} or pass a list")
+        return TEMPLATES[templates]
+    chosen = tuple(templates)
+    if not chosen or any(not isinstance(t, str) or t.count("{}") != 1 for t in chosen):
+        raise ValueError("custom templates must be a non-empty list of strings, each with exactly one '{}'")
+    return chosen
+
+
+def _as_list(prompts: Prompt | Sequence[Prompt] | None) -> list[Prompt]:
+    if prompts is None:
+        return []
+    if isinstance(prompts, (str, ImagePrompt, MixedPrompt)):
+        return [prompts]
+    return list(prompts)
+
+
+def _name(prompt: Prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, ImagePrompt):
+        return prompt.name
+    return prompt.text
+
+
+def _describe(source: object, fallback: str) -> str:
+    return str(source) if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__") else fallback
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
