@@ -1,9 +1,11 @@
 """Tests of the synthetic scene renderer shared by all dataset tests."""
 
+import json
+
 import numpy as np
 import pytest
 
-from clipseg.data.synthetic import COLOURS, SHAPE_KINDS, rasterize_polygons, render_scene
+from clipseg.data.synthetic import COLOURS, SHAPE_KINDS, main, rasterize_polygons, render_scene, write_phrasecut
 
 
 def test_render_scene_is_deterministic_per_seed():
@@ -49,3 +51,29 @@ def test_render_scene_rejects_bad_arguments():
         render_scene(np.random.default_rng(0), n_shapes=(3, 1))
     with pytest.raises(ValueError, match="colours"):
         render_scene(np.random.default_rng(0), colours=("mauve",))
+
+
+def test_write_phrasecut_follows_the_official_layout(tmp_path):
+    root = write_phrasecut(tmp_path, 10, seed=0, size=(48, 64), split_fractions=(0.6, 0.2, 0.2))
+    assert root == tmp_path / "VGPhraseCut_v0"
+    splits = {split: json.loads((root / f"refer_{split}.json").read_text()) for split in ("train", "val", "test")}
+    info = json.loads((root / "image_data_split.json").read_text())
+    assert [i["split"] for i in info] == ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    task = splits["train"][0]
+    assert set(task) == {"task_id", "image_id", "ann_ids", "instance_boxes", "Polygons", "phrase", "phrase_structure"}
+    assert task["task_id"] == f"{task['image_id']}__{'_'.join(map(str, task['ann_ids']))}"
+    assert len(task["Polygons"]) == len(task["instance_boxes"]) == len(task["ann_ids"])
+    assert all(len(point) == 2 for polygons in task["Polygons"] for polygon in polygons for point in polygon)
+    assert (root / "images" / f"{task['image_id']}.jpg").is_file()
+    with pytest.raises(ValueError, match="n_images"):
+        write_phrasecut(tmp_path, 0)
+
+
+def test_command_line_writes_each_format(tmp_path, capsys):
+    for fmt, expected in [("phrasecut", "VGPhraseCut_v0"), ("coco", "annotations.json"),
+                          ("folder", "folder"), ("folder-csv", "annotations.csv")]:
+        main([fmt, str(tmp_path / fmt), "--n", "2", "--height", "32", "--width", "40"])
+        assert capsys.readouterr().out.strip().endswith(expected)
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == 2 and coco["images"][0]["height"] == 32
+    assert len(list((tmp_path / "folder" / "masks").glob("*__the *.png"))) >= 2

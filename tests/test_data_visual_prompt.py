@@ -59,13 +59,16 @@ def test_gaussian_blur_matches_scipy_with_mirrored_borders(image_and_mask):
     image, _ = image_and_mask
     blurred = gaussian_blur(image.double(), sigma=3.0)
     # truncate=7/3 gives scipy a 15-tap kernel for sigma 3; "mirror" is OpenCV's BORDER_REFLECT_101.
-    expected = np.stack([ndimage.gaussian_filter(c, sigma=3.0, mode="mirror", truncate=7 / 3) for c in image.double().numpy()])
+    channels = image.double().numpy()
+    expected = np.stack([ndimage.gaussian_filter(c, sigma=3.0, mode="mirror", truncate=7 / 3) for c in channels])
     np.testing.assert_allclose(blurred.numpy(), expected, atol=1e-6)
     constant = torch.full((3, 6, 5), 2.0)
     torch.testing.assert_close(gaussian_blur(constant, 3.0), constant)
 
 
-@pytest.mark.parametrize("variant, factor", [("bg_intensity_50", 0.5), ("bg_intensity_10", 0.1), ("bg_intensity_0", 0.0)])
+@pytest.mark.parametrize(
+    "variant, factor", [("bg_intensity_50", 0.5), ("bg_intensity_10", 0.1), ("bg_intensity_0", 0.0)]
+)
 def test_background_factor_is_applied_exactly_outside_the_mask(image_and_mask, variant, factor):
     image, mask = image_and_mask
     prompt = prepare_support(image, mask, variant, size=40).pixel_values

@@ -147,7 +147,8 @@ class CocoInstances:
         expected = self.images[image_id]
         if rgb.size != (expected.width, expected.height):
             raise ValueError(
-                f"{path}: image is {rgb.size[0]}x{rgb.size[1]} but the annotations say {expected.width}x{expected.height}"
+                f"{path}: image is {rgb.size[0]}x{rgb.size[1]} "
+                f"but the annotations say {expected.width}x{expected.height}"
             )
         return rgb
 

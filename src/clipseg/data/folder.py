@@ -58,7 +58,9 @@ def _folder_samples(root: Path) -> list[FolderSample]:
             continue
         image_name, separator, prompt = mask_path.stem.partition(PROMPT_SEPARATOR)
         if not separator or not prompt.strip():
-            raise ValueError(f"mask file {mask_path.name!r} must be named <image name>{PROMPT_SEPARATOR}<prompt>{mask_path.suffix}")
+            raise ValueError(
+                f"mask file {mask_path.name!r} must be named <image name>{PROMPT_SEPARATOR}<prompt>{mask_path.suffix}"
+            )
         if image_name not in images:
             raise FileNotFoundError(f"no image named {image_name!r} in {image_dir} for mask {mask_path.name!r}")
         samples.append(FolderSample(images[image_name], mask_path, prompt.strip()))
@@ -70,7 +72,9 @@ def _csv_samples(csv_path: Path) -> list[FolderSample]:
         reader = csv.DictReader(handle)
         missing = {"image", "mask", "prompt"} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{csv_path}: the header must name the columns image, mask, prompt; missing {sorted(missing)}")
+            raise ValueError(
+                f"{csv_path}: the header must name the columns image, mask, prompt; missing {sorted(missing)}"
+            )
         samples = []
         for line, row in enumerate(reader, start=2):
             if not row["prompt"] or not row["prompt"].strip():

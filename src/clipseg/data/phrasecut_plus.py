@@ -169,7 +169,9 @@ class PhraseCutPlus(torch.utils.data.Dataset):
             raise ValueError(f"prompt templates must each contain '{{}}', got {prompt_templates!r}")
         if visual_variant not in VARIANTS or VARIANTS[visual_variant].token_mask_mode is not None:
             image_space = sorted(name for name, spec in VARIANTS.items() if spec.token_mask_mode is None)
-            raise ValueError(f"visual_variant must be an image-space variant, one of {image_space}; got {visual_variant!r}")
+            raise ValueError(
+                f"visual_variant must be an image-space variant, one of {image_space}; got {visual_variant!r}"
+            )
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.source = source
@@ -185,7 +187,9 @@ class PhraseCutPlus(torch.utils.data.Dataset):
         self.epoch = 0
 
         phrases = list(source.phrases)
-        self.source_indices = [i for i, phrase in enumerate(phrases) if exclude_phrase is None or not exclude_phrase(phrase)]
+        self.source_indices = [
+            i for i, phrase in enumerate(phrases) if exclude_phrase is None or not exclude_phrase(phrase)
+        ]
         if not self.source_indices:
             raise ValueError("no samples left: the source is empty or every phrase was excluded")
         self.phrases = [phrases[i] for i in self.source_indices]
@@ -262,4 +266,10 @@ class PhraseCutPlus(torch.utils.data.Dataset):
         image = _to_normalised_tensor(self.source.load_image(plan.source_index), plan.crop, size)
         target = torch.zeros(1, size, size) if plan.negative else _crop_mask(mask, plan.crop, size)[None]
         support = torch.zeros(3, size, size) if support_mask is None else self._support(plan, support_mask)
-        return {"image": image, "target": target, "text": plan.text, "support": support, "text_weight": plan.text_weight}
+        return {
+            "image": image,
+            "target": target,
+            "text": plan.text,
+            "support": support,
+            "text_weight": plan.text_weight,
+        }
