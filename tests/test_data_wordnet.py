@@ -46,16 +46,16 @@ def test_presets_follow_the_papers_splits(reader):
     assert preset_synsets("pascal-unseen-2") == ("cattle.n.01", "motorcycle.n.01")
     assert len(preset_synsets("pascal-unseen-10")) == 10 and preset_synsets("pascal-unseen-10")[-1] == "pot_plant.n.01"
     assert preset_synsets("pascal-5i-2") == ("table.n.02", "dog.n.01", "horse.n.01", "motorcycle.n.01", "person.n.01")
-    unseen2 = PhraseFilter.preset("pascal-unseen-2")
+    unseen2 = PhraseFilter.from_preset("pascal-unseen-2")
     assert unseen2("cows grazing") and unseen2("red motorbike") and not unseen2("white car")
-    fold2 = PhraseFilter.preset("pascal-5i-2")
+    fold2 = PhraseFilter.from_preset("pascal-5i-2")
     assert fold2("a man walking") and fold2("women") and fold2("dog") and not fold2("white car")
     assert "person" in removal_lemmas(["person.n.01"], reader) and len(removal_lemmas(["person.n.01"], reader)) == 9
-    affordances = PhraseFilter.preset("affordances")
+    affordances = PhraseFilter.from_preset("affordances")
     assert affordances("person riding horse") and not affordances("horse")
     assert set(PRESETS) >= {"pascal-unseen-6", "pascal-5i-0", "affordances"}
     with pytest.raises(ValueError, match="unknown class-removal preset"):
-        PhraseFilter.preset("pascal-unseen-3")
+        PhraseFilter.from_preset("pascal-unseen-3")
     with pytest.raises(ValueError, match="unknown WordNet synset 'unicorn.n.07'"):
         removal_lemmas(["unicorn.n.07"], reader)
 

@@ -278,7 +278,7 @@ class PhraseFilter:
         )
 
     @classmethod
-    def preset(cls, name: str, *, wordnet_dir: str | Path | None = None) -> PhraseFilter:
+    def from_preset(cls, name: str, *, wordnet_dir: str | Path | None = None) -> PhraseFilter:
         """A named setup from `PRESETS`: Pascal zero-shot unseen classes, Pascal-5i folds, or affordances."""
         if name == "affordances":
             return cls(single_words=AFFORDANCE_WORDS)
