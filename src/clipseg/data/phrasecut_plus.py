@@ -111,8 +111,7 @@ def find_object_crop(
 
 
 def _to_normalised_tensor(image: Image.Image, box: CropBox, size: int) -> torch.Tensor:
-    x0, y0, x1, y1 = box
-    pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.float32)[y0:y1, x0:x1])
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB").crop(box), dtype=np.float32))
     resized = F.interpolate(pixels.permute(2, 0, 1)[None], (size, size), mode="bilinear", align_corners=True)[0]
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
