@@ -146,10 +146,14 @@ class TextTransformer(nn.Module):
             raise ValueError(
                 f"token_ids must have shape (B, L<={self.config.context_length}), got {tuple(token_ids.shape)}"
             )
-        eot = token_ids.argmax(dim=-1)
         # Causal attention: tokens after the last end-of-text cannot change any pooled output, so skip them.
-        length = int(eot.max()) + 1
-        x = self.token_embedding(token_ids[:, :length]) + self.positional_embedding[:length]
+        length = int(token_ids.argmax(dim=-1).max()) + 1
+        return self.forward_untrimmed(token_ids[:, :length])
+
+    def forward_untrimmed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """`forward` over all L tokens: no shape depends on the ids' values (the form ONNX export traces)."""
+        eot = token_ids.argmax(dim=-1)
+        x = self.token_embedding(token_ids) + self.positional_embedding[: token_ids.shape[1]]
         for block in self.transformer.resblocks:
             x = block(x, causal=True)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
