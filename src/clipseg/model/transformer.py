@@ -41,6 +41,9 @@ class Attention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
+        # Optional stand-in for the packed q/k/v projection, e.g. an int8 dynamically quantised Linear
+        # (`clipseg.precision.quantize_dynamic`); the parameters above stay the checkpoint's.
+        self.in_proj: nn.Module | None = None
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(
@@ -49,7 +52,7 @@ class Attention(nn.Module):
         """`logit_mask` (B, N or 1, N) multiplies the scaled attention logits before the softmax (the original
         CLIPSeg's CLIP-internal masking for visual prompts); otherwise the fused kernel runs."""
         batch, tokens, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias) if self.in_proj is None else self.in_proj(x)
         q, k, v = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         if logit_mask is None:
             dropout = self.dropout if self.training else 0.0
