@@ -1,0 +1,65 @@
+"""Reduced-precision inference: bfloat16/float16 weights and activations, or int8 dynamically quantised linears.
+
+    model = clipseg.load_model(source)
+    model = apply_precision(model, "int8")        # or "bf16" (CPUs with AVX-512 BF16/AMX, GPUs), "fp16" (GPUs)
+
+bf16/fp16 convert every parameter (`model.to(dtype)`, the same as `load_model(..., dtype=...)`); activations
+follow the weights and the predictor hands back float32 logits. int8 replaces the CLIP towers' linear layers,
+including each attention block's packed q/k/v projection, by torch.ao's dynamically quantised Linear: int8
+weights (per output channel), activations quantised on the fly, float32 in and out. It runs on the CPU only
+(fbgemm/oneDNN kernels) and is for inference only. The decoder stays float32: it is small, and its output is
+what the masks are thresholded from.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .model.clipseg import CLIPSeg
+from .model.transformer import Attention
+
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+_FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def apply_precision(model: CLIPSeg, precision: Precision) -> CLIPSeg:
+    """Convert `model` in place for inference at `precision` ("fp32", "bf16", "fp16" or "int8"); returns it."""
+    if precision in _FLOAT_DTYPES:
+        return model.to(_FLOAT_DTYPES[precision])
+    if precision == "int8":
+        return quantize_dynamic(model)
+    raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def quantize_dynamic(model: CLIPSeg) -> CLIPSeg:
+    """Quantise the CLIP towers' linear layers to int8 with dynamic activation quantisation, in place.
+
+    The model must be a float32 model on the CPU. Returns `model`, in eval mode."""
+    if model.device.type != "cpu":
+        raise ValueError(f"int8 dynamic quantisation runs on the CPU only; the model is on {model.device}")
+    if model.dtype != torch.float32:
+        raise ValueError(f"int8 dynamic quantisation needs a float32 model, got {model.dtype}")
+    model.eval()
+    with warnings.catch_warnings():
+        # torch.ao's eager quantisation is deprecated in favour of torchao, whose int8 CPU path needs
+        # torch.compile; the eager kernels are still the fastest int8 linears a CPU can run without it.
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*deprecated")
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+        from torch.ao.quantization import per_channel_dynamic_qconfig
+        from torch.ao.quantization import quantize_dynamic as ao_quantize_dynamic
+
+        for tower in (model.visual, model.text):
+            ao_quantize_dynamic(tower, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+            for attention in tower.modules():
+                if isinstance(attention, Attention):
+                    packed = nn.Linear(attention.in_proj_weight.shape[1], attention.in_proj_weight.shape[0])
+                    packed.weight, packed.bias = attention.in_proj_weight, attention.in_proj_bias
+                    packed.qconfig = per_channel_dynamic_qconfig
+                    attention.in_proj = DynamicInt8Linear.from_float(packed)
+    return model

@@ -1,0 +1,127 @@
+"""ONNX export and the onnxruntime backend: same outputs as PyTorch (<= 1e-4), dynamic batch and prompt count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import clipseg
+from clipseg.testing import random_model
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from clipseg.export.onnx import GRAPHS, export_onnx_model  # noqa: E402
+from clipseg.export.runtime import OnnxModel  # noqa: E402
+
+SIDE = 64  # export size: a 4x4 patch grid keeps the graphs small
+PROMPTS = ["a cup", "something to sit on", "the red circle on the left of the picture"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    model = random_model()
+    directory = export_onnx_model(model, tmp_path_factory.mktemp("onnx"), image_size=SIDE)
+    return model, OnnxModel(directory)
+
+
+def test_export_writes_every_graph_and_config(models):
+    _, onnx_model = models
+    for name in GRAPHS:
+        assert (onnx_model.directory / f"{name}.onnx").is_file()
+    assert onnx_model.config.image_size == SIDE
+    assert onnx_model.tokenizer(PROMPTS).ids.tolist() == clipseg.testing.random_model().tokenizer(PROMPTS).ids.tolist()
+
+
+@pytest.mark.parametrize("images", [1, 3])
+def test_features_and_image_embedding_match_pytorch(models, images):
+    model, onnx_model = models
+    pixels = torch.randn(images, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(images))
+    with torch.inference_mode():
+        expected, embedding = model.extract_features(pixels), model.encode_image(pixels)
+    got = onnx_model.extract_features(pixels)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    torch.testing.assert_close(onnx_model.encode_image(pixels), embedding, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS])
+def test_text_encoder_matches_pytorch_at_any_count_and_length(models, prompts):
+    model, onnx_model = models
+    ids = model.tokenizer(prompts).ids  # padded to 77: the runtime trims to the real length as PyTorch does
+    with torch.inference_mode():
+        expected = model.encode_text(ids)
+    torch.testing.assert_close(onnx_model.encode_text(ids), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(onnx_model.encode_text(ids[:, :20]), expected, atol=1e-5, rtol=0)
+
+
+def test_decoder_matches_pytorch_with_pairing_and_broadcast(models):
+    model, onnx_model = models
+    pixels = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(7))
+    conditional = torch.randn(5, model.config.vision.output_dim, generator=torch.Generator().manual_seed(8))
+    index = torch.tensor([1, 0, 0, 1, 1])
+    with torch.inference_mode():
+        features = model.extract_features(pixels)
+        paired = model.decode(features, conditional, output_size=(SIDE, SIDE), image_index=index)
+        broadcast = model.decode([f[:1] for f in features], conditional, output_size=(SIDE, SIDE))
+    onnx_features = onnx_model.extract_features(pixels)
+    got = onnx_model.decode(onnx_features, conditional, output_size=(SIDE, SIDE), image_index=index)
+    assert got.shape == (5, 1, SIDE, SIDE)
+    torch.testing.assert_close(got, paired, atol=1e-4, rtol=0)
+    got = onnx_model.decode([f[:1] for f in onnx_features], conditional, output_size=(SIDE, SIDE))
+    torch.testing.assert_close(got, broadcast, atol=1e-4, rtol=0)
+    assert paired.std() > 1e-2  # the comparison means something only if logits vary
+
+
+def test_predictor_runs_on_the_onnx_backend(models):
+    model, onnx_model = models
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, size=(50, 70, 3), dtype=np.uint8))
+    predictions = []
+    for backend in (model, onnx_model):
+        predictor = clipseg.Predictor(backend, image_size=SIDE)  # the ONNX model's config says SIDE already
+        predictor.set_image(image)
+        predictions.append(predictor.predict(PROMPTS).probabilities)
+    assert predictions[1].shape == (len(PROMPTS), 50, 70)
+    torch.testing.assert_close(predictions[1], predictions[0], atol=1e-4, rtol=0)
+
+
+def test_runtime_rejects_what_the_graphs_cannot_do(models, tmp_path):
+    _, onnx_model = models
+    with pytest.raises(ValueError, match="for this ONNX export"):
+        onnx_model.extract_features(torch.randn(1, 3, SIDE + 16, SIDE))
+    with pytest.raises(ValueError, match="token_mask"):
+        onnx_model.encode_image(torch.randn(1, 3, SIDE, SIDE), token_mask=torch.ones(1, SIDE, SIDE))
+    features = onnx_model.extract_features(torch.randn(2, 3, SIDE, SIDE))
+    conditional = torch.randn(3, onnx_model.config.vision.output_dim)
+    with pytest.raises(ValueError, match="pass image_index"):
+        onnx_model.decode(features, conditional, output_size=(SIDE, SIDE))
+    with pytest.raises(ValueError, match="image_index must hold"):
+        onnx_model.decode(features, conditional, output_size=(SIDE, SIDE), image_index=torch.tensor([0, 2, 1]))
+    with pytest.raises(FileNotFoundError, match="not a clipseg ONNX export"):
+        OnnxModel(tmp_path)
+
+
+def test_int8_model_is_refused():
+    from clipseg.precision import quantize_dynamic
+
+    with pytest.raises(ValueError, match="float model"):
+        export_onnx_model(quantize_dynamic(random_model()), "unused")
+
+
+def test_cli_exports_and_checks(tmp_path):
+    from typer.testing import CliRunner
+
+    from clipseg.cli import app
+
+    random_model().save_pretrained(tmp_path / "model")
+    result = CliRunner().invoke(app, ["export-onnx", str(tmp_path / "model"), str(tmp_path / "onnx"),
+                                      "--image-size", str(SIDE)])
+    assert result.exit_code == 0, result.output
+    assert "max |Δ logits|" in result.output
+    assert OnnxModel(tmp_path / "onnx").config.image_size == SIDE
+    result = CliRunner().invoke(app, ["export-onnx", str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert result.exit_code != 0 and "no such file" in result.output

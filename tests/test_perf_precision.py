@@ -1,0 +1,120 @@
+"""Reduced-precision paths (bf16/fp16, int8 dynamic quantisation, autocast) and the exactness of the fast paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from clipseg.model.transformer import Attention
+from clipseg.precision import PRECISIONS, apply_precision, quantize_dynamic
+from clipseg.testing import random_model
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else []), *(["mps"] if torch.backends.mps.is_available() else [])]
+SIZE = 96
+
+
+def _inputs(model, device="cpu"):
+    pixels = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)).to(device)
+    ids = model.tokenizer(["a cup", "something to sit on", "the red circle"]).ids.to(device)
+    return pixels, ids
+
+
+def _probabilities(model, pixels, ids):
+    with torch.inference_mode():
+        features = model.extract_features(pixels)
+        conditional = model.encode_text(ids)
+        image_index = torch.tensor([0, 1, 1], device=pixels.device)
+        logits = model.decode(features, conditional, output_size=(SIZE, SIZE), image_index=image_index)
+    return logits.float().sigmoid().cpu()
+
+
+def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a > 0.5, b > 0.5
+    return ((a & b).sum() / (a | b).sum().clamp(min=1)).item()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = random_model()
+    pixels, ids = _inputs(model)
+    return pixels, ids, _probabilities(model, pixels, ids)
+
+
+def test_int8_quantises_every_tower_linear_and_stays_close(reference):
+    pixels, ids, expected = reference
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    model = quantize_dynamic(random_model())
+    for tower in (model.visual, model.text):
+        assert not any(type(m) is nn.Linear for m in tower.modules())
+        assert all(isinstance(m.in_proj, DynamicInt8Linear) for m in tower.modules() if isinstance(m, Attention))
+    assert any(type(m) is nn.Linear for m in model.decoder.modules())  # the decoder stays float32
+    got = _probabilities(model, pixels, ids)
+    assert got.dtype == torch.float32
+    assert (got - expected).abs().max() < 0.05
+    assert _mask_iou(got, expected) > 0.95
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_half_precisions_run_and_stay_close(reference, precision, device):
+    pixels, ids, expected = reference
+    if device == "cpu" and precision == "fp16" and not _cpu_supports_fp16_conv():
+        pytest.skip("this torch build has no float16 CPU convolution")
+    model = apply_precision(random_model(), precision).to(device)
+    assert model.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    got = _probabilities(model, pixels.to(device), ids.to(device))
+    assert (got - expected).abs().max() < 0.05
+    assert _mask_iou(got, expected) > 0.95
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_keeps_float32_weights_and_agrees(reference, device):
+    pixels, ids, expected = reference
+    model = random_model().to(device)
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    with torch.autocast(device_type=device, dtype=dtype):
+        got = _probabilities(model, pixels.to(device), ids.to(device))
+    assert model.dtype == torch.float32
+    assert (got - expected).abs().max() < 0.05
+
+
+def test_apply_precision_checks_its_arguments():
+    assert PRECISIONS == ("fp32", "bf16", "fp16", "int8")
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        apply_precision(random_model(), "int4")
+    with pytest.raises(ValueError, match="float32 model"):
+        quantize_dynamic(random_model().to(torch.bfloat16))
+    assert apply_precision(random_model().to(torch.bfloat16), "fp32").dtype == torch.float32
+
+
+def test_replaced_in_projection_is_used_exactly():
+    attention = Attention(32, 4).eval()
+    x = torch.randn(2, 5, 32)
+    expected = attention(x, causal=True)
+    packed = nn.Linear(32, 96)
+    packed.weight, packed.bias = attention.in_proj_weight, attention.in_proj_bias
+    attention.in_proj = packed
+    torch.testing.assert_close(attention(x, causal=True), expected, atol=0, rtol=0)
+    attention.in_proj = nn.Linear(32, 96)
+    assert not torch.allclose(attention(x, causal=True), expected)
+
+
+def test_text_at_real_length_equals_the_padded_computation():
+    model = random_model()
+    ids = model.tokenizer(["a", "a much longer prompt with many more tokens in it"]).ids
+    with torch.inference_mode():
+        trimmed = model.text(ids)
+        padded = model.text.forward_untrimmed(ids)
+        alone = model.text(ids[:1])
+    torch.testing.assert_close(trimmed, padded, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, padded[:1], atol=1e-5, rtol=0)
+
+
+def _cpu_supports_fp16_conv() -> bool:
+    try:
+        nn.functional.conv2d(torch.ones(1, 1, 2, 2, dtype=torch.float16), torch.ones(1, 1, 1, 1, dtype=torch.float16))
+    except RuntimeError:
+        return False
+    return True
