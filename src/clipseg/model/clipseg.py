@@ -114,13 +114,12 @@ class CLIPSeg(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write weights (safetensors), config and tokenizer files to `directory`; `clipseg.load_model` reads it."""
         from ..checkpoints.io import write_safetensors
+        from ..fileio import write_text
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
         write_safetensors(self.state_dict(), directory / WEIGHTS_NAME)
-        config = {"format": CONFIG_FORMAT, **self.config.to_dict()}
-        tmp = directory / f".{CONFIG_NAME}.tmp"
-        tmp.write_text(json.dumps(config, indent=2))
-        os.replace(tmp, directory / CONFIG_NAME)
+        # The config goes last: a directory with a config.json is complete.
+        write_text(directory / CONFIG_NAME, json.dumps({"format": CONFIG_FORMAT, **self.config.to_dict()}, indent=2))
         return directory
