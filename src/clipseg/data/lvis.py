@@ -121,19 +121,11 @@ class LVIS:
             return image.convert("RGB")
 
     def instance_mask(self, annotation: LVISAnnotation) -> np.ndarray:
-        """(H, W) bool mask of one instance (polygons or RLE, decoded with pycocotools)."""
-        from pycocotools import mask as mask_utils
+        """(H, W) bool mask of one instance (polygons or RLE, decoded like COCO's ``annToMask``)."""
+        from .coco import segmentation_to_mask
 
         image = self.images[annotation.image_id]
-        height, width = int(image["height"]), int(image["width"])
-        segmentation = annotation.segmentation
-        if isinstance(segmentation, list):
-            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        elif isinstance(segmentation.get("counts"), list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = segmentation
-        return mask_utils.decode(rle).astype(bool)
+        return segmentation_to_mask(annotation.segmentation, int(image["height"]), int(image["width"]))
 
     def category_mask(self, image_id: int, category_ids: Iterable[int]) -> np.ndarray:
         """Union of the masks of every instance of `category_ids` in the image."""

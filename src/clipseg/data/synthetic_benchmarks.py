@@ -167,7 +167,7 @@ def _polygon_annotation(shape, annotation_id: int, image_id: int, category_id: i
 
 def write_coco2014(
     out_dir: str | os.PathLike,
-    n_images: int = 60,
+    n_images: int = 80,
     *,
     seed: int = 0,
     size: tuple[int, int] = (96, 96),

@@ -1,0 +1,43 @@
+"""Shared fixtures of the evaluation tests: synthetic benchmarks in the official formats and a tiny random model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def benchmarks(tmp_path_factory) -> Path:
+    """Synthetic PhraseCut, Pascal VOC + SBD + Pascal-5i lists, COCO 2014 + COCO-20i lists and LVIS, written once."""
+    from clipseg.data.synthetic import write_phrasecut
+    from clipseg.data.synthetic_benchmarks import write_coco2014, write_lvis, write_pascal
+
+    root = tmp_path_factory.mktemp("benchmarks")
+    write_phrasecut(root / "phrasecut", 24, size=(64, 64), split_fractions=(0.2, 0.1, 0.7))
+    write_pascal(root / "pascal", 24, size=(80, 96))
+    write_coco2014(root / "coco", size=(64, 64))
+    write_lvis(root / "lvis", size=(64, 64))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIPSeg saved with `save_pretrained`."""
+    from clipseg.testing import random_model
+
+    directory = tmp_path_factory.mktemp("tiny_model")
+    random_model(seed=3).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run faster on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
