@@ -11,26 +11,33 @@ from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO]:
-    """Write to a temporary file beside `path`; only when the block succeeds does it replace `path`.
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` for writers that take a file name; once the block succeeds the file is
+    flushed to disk and renamed onto `path`. On any error it is removed and `path` is left as it was.
 
-    The temporary file is created with the umask's permissions (unlike mkstemp's 0600) and flushed to disk
-    before the rename; on any error it is removed and `path` is left as it was."""
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write supports modes 'w' and 'wb', got {mode!r}")
+    The temporary file is created with the umask's permissions (unlike mkstemp's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        with os.fdopen(descriptor, mode, encoding=encoding if mode == "w" else None) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """An open file (mode 'wb', or 'w' for UTF-8 text with '\\n' line ends) that replaces `path` atomically."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write supports modes 'w' and 'wb', got {mode!r}")
+    text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
+    with atomic_path(path) as temporary, open(temporary, mode, **text) as file:
+        yield file
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -41,5 +48,5 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically replace `path` with `text` (UTF-8)."""
-    with atomic_write(path, "w", encoding="utf-8") as file:
+    with atomic_write(path, "w") as file:
         file.write(text)

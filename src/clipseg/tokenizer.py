@@ -13,7 +13,6 @@ import html
 import importlib.resources
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import NamedTuple
 import ftfy
 import regex
 import torch
+
+from .fileio import write_text
 
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"
@@ -186,10 +187,10 @@ class CLIPTokenizer:
             "bos_token": SOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN, "pad_token": EOT_TOKEN
         }
         config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": CONTEXT_LENGTH, **special_tokens}
-        _write_atomically(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-        _write_atomically(directory / "merges.txt", "#version: 0.2\n" + merges)
-        _write_atomically(directory / "special_tokens_map.json", json.dumps(special_tokens, indent=2))
-        _write_atomically(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+        write_text(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+        write_text(directory / "merges.txt", "#version: 0.2\n" + merges)
+        write_text(directory / "special_tokens_map.json", json.dumps(special_tokens, indent=2))
+        write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2))
 
     @property
     def vocab_size(self) -> int:
@@ -314,16 +315,3 @@ def _parse_merge(line: str, path: Path, line_number: int) -> tuple[str, str]:
 
 def _shorten(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; these are ordinary shareable data files
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise

@@ -14,7 +14,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -25,6 +24,8 @@ from typing import Any
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
+
+from ..fileio import atomic_path
 
 __all__ = ["CheckpointError", "read_state_dict", "write_safetensors"]
 
@@ -81,16 +82,8 @@ def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike
     tensors = _independent_contiguous_tensors(state)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"directory does not exist: {path.parent}")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         safetensors.torch.save_file(tensors, temporary, metadata={"format": "pt"})
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _independent_contiguous_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -7,12 +7,10 @@ datasets written here in the same on-disk layouts (PhraseCut, COCO instances JSO
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
+
+from ..fileio import atomic_path
 
 SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -164,26 +164,13 @@ def render_scene(
     return Scene(image=image, shapes=shapes)
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path` and move it onto `path` once written."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def _save_image(image: Image.Image, path: Path) -> None:
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         image.save(temporary, format="JPEG" if path.suffix.lower() in {".jpg", ".jpeg"} else "PNG", quality=95)
 
 
 def _save_json(data: Any, path: Path) -> None:
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data), encoding="utf-8")
 
 
@@ -344,7 +331,7 @@ def write_folder(
     if not as_csv:
         return out
     path = out / "annotations.csv"
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         with temporary.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image", "mask", "prompt"])

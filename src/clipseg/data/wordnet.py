@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..fileio import atomic_path, write_text
+
 if TYPE_CHECKING:
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
@@ -103,22 +105,13 @@ def _copy_with_lexnames(source: Path, target: Path) -> None:
         stat = original.stat()
         if copy.is_file() and copy.stat().st_size == stat.st_size and copy.stat().st_mtime == stat.st_mtime:
             continue
-        handle, temporary = tempfile.mkstemp(dir=target, prefix=f".{name}.")
-        os.close(handle)
-        try:
+        with atomic_path(copy) as temporary:
             shutil.copy2(original, temporary)
-            os.replace(temporary, copy)
-        except BaseException:
-            os.unlink(temporary)
-            raise
     table = "".join(
         f"{number:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n"
         for number, name in enumerate(_LEXICOGRAPHER_FILES)
     )
-    handle, temporary = tempfile.mkstemp(dir=target, prefix=".lexnames.")
-    with os.fdopen(handle, "w", encoding="ascii") as file:
-        file.write(table)
-    os.replace(temporary, target / "lexnames")
+    write_text(target / "lexnames", table)
 
 
 def _stage_with_lexnames(source: Path) -> Path:
