@@ -186,7 +186,9 @@ def _activation(name: str, source: str) -> str:
 
 def hf_towers_to_ours(config: Mapping[str, Any], source: str) -> tuple[VisionConfig, TextConfig]:
     """The vision/text parts of a transformers CLIP or CLIPSeg config.json."""
-    vision, text = config.get("vision_config", {}), config.get("text_config", {})
+    # Configs written by transformers before v4.26 may keep the towers under `*_config_dict`.
+    vision = config.get("vision_config") or config.get("vision_config_dict") or {}
+    text = config.get("text_config") or config.get("text_config_dict") or {}
     projection = config.get("projection_dim", 512)
     vision_config = VisionConfig(
         width=vision.get("hidden_size", 768),
