@@ -1,0 +1,130 @@
+"""Pieces the commands share: one-line error reporting, device choice, model loading.
+
+Nothing here imports torch, numpy or PIL at module level: `clipseg --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..model.clipseg import CLIPSeg
+
+# The same default as clipseg.checkpoints.pretrained.DEFAULT_MODEL, spelled out to keep torch out of --help.
+DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+T = TypeVar("T")
+
+
+class CLIError(Exception):
+    """A problem the user can fix, reported as one line; `exit_code` is the process's exit status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURES) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def one_line(message: object) -> str:
+    """Collapse a message to one line (exception texts sometimes span several)."""
+    return " ".join(str(message).split())
+
+
+def print_line(console: Console, text: str) -> None:
+    """Print `text` as is: no rich markup (file names may contain brackets), no wrapping."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def run_command(body: Callable[[], T], *, debug: bool) -> T:
+    """Run a command body: a CLIError becomes its one line and exit code, Ctrl-C exit 130, any other exception one
+    line (exit 1) or, with --debug, the full traceback. Python warnings are shown as one `warning:` line each."""
+    console = stderr_console()
+    try:
+        with _warnings_as_lines(console):
+            return body()
+    except CLIError as error:
+        print_line(console, f"error: {one_line(error)}")
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print_line(console, "interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        else:
+            print_line(console, f"error: {type(error).__name__}: {one_line(error)} (--debug shows the traceback)")
+        raise typer.Exit(EXIT_FAILURES) from None
+
+
+@contextmanager
+def _warnings_as_lines(console: Console) -> Iterator[None]:
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings API)
+        print_line(console, f"warning: {one_line(message)}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> cuda if available, else mps, else cpu; other names are checked against what this machine has."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:1, mps)", EXIT_USAGE) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine (use --device cpu)", EXIT_USAGE)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {name}: MPS is not available on this machine (use --device cpu)", EXIT_USAGE)
+    return name
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """'3,7,9' -> (3, 7, 9)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CLIError(f"--extract-layers {text!r}: expected comma-separated block numbers such as 3,7,9", EXIT_USAGE) from None
+
+
+def load_model_or_fail(source: str, *, device: str = "cpu", clip: str | None = None, extract_layers: str | None = None) -> CLIPSeg:
+    """`clipseg.load_model` with every loading problem (missing file, offline and not cached, corrupt weights)
+    turned into a one-line CLIError."""
+    from ..checkpoints.io import CheckpointError
+    from ..checkpoints.load import load_model
+
+    layers = parse_layers(extract_layers)
+    try:
+        return load_model(source, device=device, clip=clip, extract_layers=layers)
+    except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
+        raise CLIError(one_line(error)) from None
