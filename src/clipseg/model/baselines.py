@@ -1,0 +1,221 @@
+"""The paper's two baselines, with CLIPSeg's interface so that the trainer and the evaluation run them unchanged.
+
+- `CLIPDeconv` (the original ``CLIPDenseBaseline``): CLIP's activation after block 9 only -> ``reduce`` (width -> D)
+  -> FiLM -> ``reduce2`` (Linear D -> D2, ReLU, Linear D2 -> D) -> CLS dropped -> one ConvTranspose2d(D, 1, patch,
+  stride patch). No transformer block. The paper uses D = D2 = 64.
+- `ViTSeg` (the original ``VITDensePredT``): the CLIPSeg decoder on an ImageNet ViT-B/16 (timm's
+  ``vit_base_patch16_384``), with CLIP's text transformer for text prompts. As in the original, inputs are resized
+  to the backbone's 384 x 384 (nearest neighbour) and logits back to the input size (nearest); the image embedding
+  used for visual prompts is the ViT's CLS token through a randomly drawn, frozen 768 -> 512 linear layer (the
+  original replaced timm's classifier by such a layer and froze it); images are normalised with the ImageNet
+  statistics the original's data pipeline used (timm's weights were trained with mean = std = 0.5).
+
+Both keep CLIPSeg's methods (``encode_text``, ``encode_image``, ``extract_features``, ``decode``, ``forward``) and
+train only the decoder. `build_vitseg` assembles ViTSeg from a timm checkpoint and CLIP weights;
+``save_pretrained`` / `load_baseline` round-trip both through safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clipseg import CONFIG_NAME, WEIGHTS_NAME, CLIPSeg
+from .config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
+
+CLIP_DECONV_FORMAT = "clip-deconv"
+VITSEG_FORMAT = "vitseg"
+BASELINE_FORMATS = (CLIP_DECONV_FORMAT, VITSEG_FORMAT)
+
+VIT_B16_384 = VisionConfig(
+    width=768, layers=12, heads=12, mlp_width=3072, patch_size=16, image_size=384, output_dim=512,
+    activation="gelu", layer_norm_eps=1e-6, patch_bias=True, pre_norm=False,
+)
+"""timm's ``vit_base_patch16_384`` as a `VisionConfig`."""
+
+
+class DeconvDecoder(nn.Module):
+    """CLIP-Deconv's head: reduce, FiLM, a two-layer MLP, and a transposed convolution (no attention)."""
+
+    def __init__(self, width: int, conditional_dim: int, reduce_dim: int, reduce2_dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.reduce = nn.Linear(width, reduce_dim)
+        self.film_mul = nn.Linear(conditional_dim, reduce_dim)
+        self.film_add = nn.Linear(conditional_dim, reduce_dim)
+        self.reduce2 = nn.Sequential(nn.Linear(reduce_dim, reduce2_dim), nn.ReLU(), nn.Linear(reduce2_dim, reduce_dim))
+        self.trans_conv = nn.ConvTranspose2d(reduce_dim, 1, patch_size, stride=patch_size)
+
+    def forward(
+        self,
+        features: list[torch.Tensor],
+        conditional: torch.Tensor,
+        grid: tuple[int, int],
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The one extracted activation (B_img, 1 + rows*cols, width) and conditionals (B, dim) -> logits."""
+        x = self.reduce(features[-1])
+        if image_index is not None:
+            x = x[image_index]
+        x = self.film_mul(conditional)[:, None] * x + self.film_add(conditional)[:, None]
+        x = self.reduce2(x)
+        tokens = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)  # CLS token dropped
+        return self.trans_conv(tokens)
+
+
+def _save(model: CLIPSeg, directory: str | os.PathLike, model_format: str, extra: Mapping[str, Any]) -> Path:
+    from ..checkpoints.io import write_safetensors
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.tokenizer.save_pretrained(directory)
+    write_safetensors(model.state_dict(), directory / WEIGHTS_NAME)
+    config = {"format": model_format, **extra, **model.config.to_dict()}
+    temporary = directory / f".{CONFIG_NAME}.tmp"
+    temporary.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    os.replace(temporary, directory / CONFIG_NAME)
+    return directory
+
+
+class CLIPDeconv(CLIPSeg):
+    """CLIP-Deconv: frozen CLIP, the activation after one block (9), FiLM and a deconvolution.
+
+    `config.decoder.extract_layers` must name exactly one block; `config.decoder.reduce_dim` is D and
+    `reduce2_dim` is D2.
+    """
+
+    def __init__(self, config: CLIPSegConfig, *, reduce2_dim: int = 64, tokenizer=None) -> None:
+        if len(config.decoder.extract_layers) != 1:
+            raise ValueError(f"CLIP-Deconv reads exactly one CLIP block, got extract_layers={config.decoder.extract_layers}")
+        super().__init__(config, tokenizer)
+        self.reduce2_dim = reduce2_dim
+        self.decoder = DeconvDecoder(
+            config.vision.width, config.vision.output_dim, config.decoder.reduce_dim, reduce2_dim,
+            config.vision.patch_size,
+        )
+
+    @staticmethod
+    def default_config(vision: VisionConfig = VisionConfig(), text: TextConfig = TextConfig()) -> CLIPSegConfig:
+        """The paper's setting: block 9, D = 64."""
+        return CLIPSegConfig(vision=vision, text=text, decoder=DecoderConfig(reduce_dim=64, extract_layers=(9,)))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write weights, config and tokenizer; `load_baseline` reads them back."""
+        return _save(self, directory, CLIP_DECONV_FORMAT, {"reduce2_dim": self.reduce2_dim})
+
+
+class ViTSeg(CLIPSeg):
+    """ViTSeg: CLIPSeg's decoder and CLIP's text tower on an ImageNet ViT (`config.vision` in timm's flavour)."""
+
+    def __init__(self, config: CLIPSegConfig, *, tokenizer=None) -> None:
+        super().__init__(config, tokenizer)
+        # The original's replacement classifier: Linear(width, 512) with bias, random and frozen.
+        self.proj_bias = nn.Parameter(torch.zeros(config.vision.output_dim), requires_grad=False)
+        bound = config.vision.width**-0.5
+        with torch.no_grad():
+            self.visual.proj.uniform_(-bound, bound)
+            self.proj_bias.uniform_(-bound, bound)
+
+    @staticmethod
+    def default_config(text: TextConfig = TextConfig()) -> CLIPSegConfig:
+        """ViT-B/16 at 384 (timm), CLIP's text tower, the paper's decoder (D = 64, blocks 3, 7, 9)."""
+        return CLIPSegConfig(vision=VIT_B16_384, text=text, decoder=DecoderConfig(extract_layers=(3, 7, 9)))
+
+    @property
+    def backbone_size(self) -> int:
+        return self.config.vision.image_size
+
+    def _to_backbone(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        size = self.backbone_size
+        if tuple(pixel_values.shape[-2:]) == (size, size):
+            return pixel_values
+        return F.interpolate(pixel_values, size=(size, size), mode="nearest")
+
+    def encode_image(self, pixel_values: torch.Tensor, *, token_mask=None, token_mask_mode="cls_last") -> torch.Tensor:
+        """Support images -> (B, 512): the ViT's CLS token (after its final norm) through the frozen linear layer."""
+        embedding = super().encode_image(
+            self._to_backbone(pixel_values.to(self.device)), token_mask=token_mask, token_mask_mode=token_mask_mode
+        )
+        return embedding + self.proj_bias
+
+    def extract_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Activations of the ViT at its own input size (the image is resized to it first)."""
+        return super().extract_features(self._to_backbone(pixel_values.to(self.device)))
+
+    def decode(self, features, conditional, *, output_size, image_index=None) -> torch.Tensor:
+        """Decoder at the backbone's grid, logits resized (nearest) to `output_size`."""
+        size = self.backbone_size
+        logits = super().decode(features, conditional, output_size=(size, size), image_index=image_index)
+        if tuple(output_size) != (size, size):
+            logits = F.interpolate(logits, size=tuple(output_size), mode="nearest")
+        return logits
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write weights, config and tokenizer; `load_baseline` reads them back."""
+        return _save(self, directory, VITSEG_FORMAT, {})
+
+
+def build_vitseg(
+    vit_checkpoint: str | os.PathLike,
+    clip: str | os.PathLike,
+    *,
+    decoder: DecoderConfig = DecoderConfig(extract_layers=(3, 7, 9)),
+    heads: int | None = None,
+    seed: int = 0,
+) -> ViTSeg:
+    """ViTSeg from a timm ViT checkpoint (safetensors or a plain state dict) and CLIP weights (what
+    `clipseg.load_model` takes as ``clip=``: OpenAI's ViT-B-16.pt, a transformers CLIP directory or hub id).
+
+    The decoder and the frozen image projection are drawn at random from `seed`."""
+    from ..checkpoints.io import read_state_dict
+    from ..checkpoints.load import _load_clip
+    from ..checkpoints.timm_vit import timm_vision_config, timm_vit_to_ours
+
+    vit_state = read_state_dict(vit_checkpoint)
+    visual, unsupported = timm_vit_to_ours(vit_state)
+    if unsupported:
+        raise ValueError(f"{vit_checkpoint}: keys this ViT cannot hold: {sorted(unsupported)[:8]}")
+    clip_state, _, _, text_config, tokenizer = _load_clip(clip)
+    vision_config = timm_vision_config(vit_state, heads=heads, output_dim=text_config.output_dim)
+    config = CLIPSegConfig(vision=vision_config, text=text_config, decoder=decoder)
+    torch.manual_seed(seed)
+    model = ViTSeg(config, tokenizer=tokenizer)
+    text = {k: v for k, v in clip_state.items() if k.startswith("text.")}
+    expected = {k for k in model.state_dict() if k.startswith(("visual.", "text."))} - {"visual.proj"}
+    missing = expected - set(visual) - set(text)
+    if missing:
+        raise ValueError(f"ViTSeg weights are missing {sorted(missing)[:8]}")
+    incompatible = model.load_state_dict({**visual, **text}, strict=False)
+    if incompatible.unexpected_keys:
+        raise ValueError(f"unexpected ViTSeg weights {sorted(incompatible.unexpected_keys)[:8]}")
+    return model.eval()
+
+
+def load_baseline(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> CLIPSeg:
+    """Load a baseline written by ``save_pretrained`` (format read from ``config.json``)."""
+    from ..checkpoints.io import read_state_dict
+    from ..tokenizer import CLIPTokenizer
+
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"baseline config not found: {config_path}")
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    model_format = data.pop("format", None)
+    if model_format not in BASELINE_FORMATS:
+        raise ValueError(f"{config_path}: format {model_format!r} is not a baseline ({', '.join(BASELINE_FORMATS)})")
+    tokenizer = CLIPTokenizer.from_pretrained(directory) if (directory / "vocab.json").is_file() else None
+    if model_format == CLIP_DECONV_FORMAT:
+        reduce2_dim = int(data.pop("reduce2_dim"))
+        model: CLIPSeg = CLIPDeconv(CLIPSegConfig.from_dict(data), reduce2_dim=reduce2_dim, tokenizer=tokenizer)
+    else:
+        model = ViTSeg(CLIPSegConfig.from_dict(data), tokenizer=tokenizer)
+    state = read_state_dict(directory / WEIGHTS_NAME)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
