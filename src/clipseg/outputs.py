@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
-from .postprocess import dilate
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 TEMP_PREFIX = ".clipseg-"
 TEMP_SUFFIX = ".tmp"
@@ -155,13 +153,13 @@ def mask_overlay(
     sets the fill's opacity per pixel; its outline is drawn at 0.5."""
     _check_size(image, mask)
     coverage = np.asarray(mask, dtype=np.float32)
-    binary = coverage >= 0.5
+    binary = Image.fromarray(((coverage >= 0.5) * 255).astype(np.uint8), mode="L")
     thickness = max(1, round(max(image.size) / 400))
-    outline = dilate(binary, thickness) & ~binary
-    weight = np.maximum(alpha * coverage, outline.astype(np.float32))[..., None]
-    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
-    blended = photo * (1.0 - weight) + np.asarray(colour, dtype=np.float32) * weight
-    return Image.fromarray(np.round(blended).astype(np.uint8), mode="RGB")
+    # Outline = the mask grown by `thickness` (a square max filter, all in 8-bit) minus the mask itself.
+    outline = ImageChops.subtract(binary.filter(ImageFilter.MaxFilter(2 * thickness + 1)), binary)
+    fill = mask_image(np.clip(coverage, 0.0, 1.0) * alpha)
+    weight = ImageChops.lighter(fill, outline)
+    return Image.composite(Image.new("RGB", image.size, colour), image.convert("RGB"), weight)
 
 
 def cutout(image: Image.Image, mask: np.ndarray) -> Image.Image:
@@ -220,11 +218,10 @@ def label_overlay(image: Image.Image, labels: np.ndarray, names: Sequence[str], 
     corner listing the colours and prompts that occur."""
     _check_size(image, labels)
     labels = np.asarray(labels)
-    colours = np.asarray(label_colours(len(names)), dtype=np.float32)
-    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
-    weight = np.where(labels > 0, alpha, 0.0)[..., None].astype(np.float32)
-    blended = photo * (1.0 - weight) + colours[labels] * weight
-    result = Image.fromarray(np.round(blended).astype(np.uint8), mode="RGB")
+    colours = np.asarray(label_colours(len(names)), dtype=np.uint8)
+    tint = Image.fromarray(colours[labels], mode="RGB")
+    weight = Image.fromarray(np.where(labels > 0, round(alpha * 255), 0).astype(np.uint8), mode="L")
+    result = Image.composite(tint, image.convert("RGB"), weight)
     present = [index for index in range(1, len(names) + 1) if (labels == index).any()]
     return draw_legend(result, [(names[i - 1], label_colours(len(names))[i]) for i in present])
 
