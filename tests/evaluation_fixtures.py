@@ -14,7 +14,11 @@ IMAGE_SIZE = 64
 def benchmarks(tmp_path_factory) -> Path:
     """Synthetic PhraseCut, Pascal VOC + SBD + Pascal-5i lists, COCO 2014 + COCO-20i lists and LVIS, written once."""
     from clipseg.data.synthetic import write_phrasecut
-    from clipseg.data.synthetic_benchmarks import write_coco2014, write_lvis, write_pascal
+    from clipseg.data.synthetic_benchmarks import (
+        write_coco2014,
+        write_lvis,
+        write_pascal,
+    )
 
     root = tmp_path_factory.mktemp("benchmarks")
     write_phrasecut(root / "phrasecut", 24, size=(64, 64), split_fractions=(0.2, 0.1, 0.7))

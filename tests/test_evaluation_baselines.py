@@ -9,7 +9,11 @@ import torch.nn.functional as F
 from evaluation_fixtures import single_thread  # noqa: F401 (fixture)
 
 from clipseg.checkpoints.io import write_safetensors
-from clipseg.checkpoints.timm_vit import is_timm_vit, timm_vision_config, timm_vit_to_ours
+from clipseg.checkpoints.timm_vit import (
+    is_timm_vit,
+    timm_vision_config,
+    timm_vit_to_ours,
+)
 from clipseg.evaluation.inference import load_eval_model
 from clipseg.model.baselines import CLIPDeconv, ViTSeg, build_vitseg, load_baseline
 from clipseg.model.clip import VisionTransformer
@@ -22,8 +26,17 @@ HEADS = 4
 def _hf_vit(width: int = 64, layers: int = 3, image_size: int = 48):
     from transformers import ViTConfig, ViTModel
 
-    config = ViTConfig(hidden_size=width, num_hidden_layers=layers, num_attention_heads=HEADS, intermediate_size=2 * width,
-                       image_size=image_size, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True)
+    config = ViTConfig(
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        intermediate_size=2 * width,
+        image_size=image_size,
+        patch_size=16,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+        qkv_bias=True,
+    )
     torch.manual_seed(0)
     model = ViTModel(config, add_pooling_layer=False).eval()
     return perturb_(model, seed=1, decoder_prefixes=())
@@ -48,7 +61,8 @@ def _timm_layout(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"blocks.{i}.norm1.{kind}"] = hf_state[p + f"layernorm_before.{kind}"]
             out[f"blocks.{i}.norm2.{kind}"] = hf_state[p + f"layernorm_after.{kind}"]
             out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(
-                [hf_state[p + f"attention.{n}_proj.{kind}"] for n in ("q", "k", "v")])
+                [hf_state[p + f"attention.{n}_proj.{kind}"] for n in ("q", "k", "v")]
+            )
             out[f"blocks.{i}.attn.proj.{kind}"] = hf_state[p + f"attention.o_proj.{kind}"]
             out[f"blocks.{i}.mlp.fc1.{kind}"] = hf_state[p + f"mlp.fc1.{kind}"]
             out[f"blocks.{i}.mlp.fc2.{kind}"] = hf_state[p + f"mlp.fc2.{kind}"]
@@ -63,7 +77,12 @@ def test_timm_vit_converts_to_our_vision_transformer_exactly():
     assert not unsupported
     config = timm_vision_config(timm_state, heads=HEADS, output_dim=64)
     assert (config.image_size, config.layers, config.activation, config.pre_norm, config.patch_bias) == (
-        48, 3, "gelu", False, True)
+        48,
+        3,
+        "gelu",
+        False,
+        True,
+    )
     vit = VisionTransformer(config).eval()
     state = {k.removeprefix("visual."): v for k, v in converted.items()}
     missing, unexpected = vit.load_state_dict(state, strict=False)
@@ -102,9 +121,13 @@ def test_clip_deconv_matches_the_original_structure_and_computation():
         decoder = model.decoder
         x = activation @ decoder.reduce.weight.T + decoder.reduce.bias
         x = (conditional @ decoder.film_mul.weight.T + decoder.film_mul.bias)[:, None] * x + (
-            conditional @ decoder.film_add.weight.T + decoder.film_add.bias)[:, None]
-        x = F.linear(F.relu(F.linear(x, decoder.reduce2[0].weight, decoder.reduce2[0].bias)),
-                     decoder.reduce2[2].weight, decoder.reduce2[2].bias)
+            conditional @ decoder.film_add.weight.T + decoder.film_add.bias
+        )[:, None]
+        x = F.linear(
+            F.relu(F.linear(x, decoder.reduce2[0].weight, decoder.reduce2[0].bias)),
+            decoder.reduce2[2].weight,
+            decoder.reduce2[2].bias,
+        )
         grid = x[:, 1:].reshape(2, 4, 6, -1).permute(0, 3, 1, 2)
         expected = F.conv_transpose2d(grid, decoder.trans_conv.weight, decoder.trans_conv.bias, stride=16)
     assert logits.shape == (2, 1, 64, 96)
@@ -120,8 +143,11 @@ def _tiny_vitseg_files(tmp_path):
     write_safetensors(_timm_layout(hf.state_dict()), vit_path)
     from clipseg.model.clipseg import CLIPSeg
 
-    clip_config = CLIPSegConfig(vision=TINY_CONFIG.vision, text=TextConfig(width=128, layers=1, heads=2, mlp_width=64,
-                                                                           output_dim=32), decoder=TINY_CONFIG.decoder)
+    clip_config = CLIPSegConfig(
+        vision=TINY_CONFIG.vision,
+        text=TextConfig(width=128, layers=1, heads=2, mlp_width=64, output_dim=32),
+        decoder=TINY_CONFIG.decoder,
+    )
     torch.manual_seed(2)
     clip = perturb_(CLIPSeg(clip_config), seed=2).eval()
     openai_layout = {k.removeprefix("text."): v for k, v in clip.state_dict().items() if not k.startswith("decoder.")}

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from evaluation_fixtures import benchmarks  # noqa: F401 (fixture)
 
-from clipseg.data.coco20i import Coco20i, coco20i_classes, read_hsnet_coco_split, sample_coco_episodes
+from clipseg.data.coco20i import (
+    Coco20i,
+    coco20i_classes,
+    read_hsnet_coco_split,
+    sample_coco_episodes,
+)
 from clipseg.data.lvis import LVIS, generalized_prompt_groups, normalise_category_name
 from clipseg.data.pascal import (
     VOC_CLASSES,

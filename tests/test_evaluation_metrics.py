@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import simpson as scipy_simpson
-from sklearn.metrics import confusion_matrix, jaccard_score, precision_score, recall_score
+from sklearn.metrics import (
+    confusion_matrix,
+    jaccard_score,
+    precision_score,
+    recall_score,
+)
 
 from clipseg.evaluation.metrics import (
     NUM_THRESHOLDS,

@@ -22,7 +22,11 @@ from clipseg.evaluation.inference import (
     prepare_input,
     probabilities_at_original,
 )
-from clipseg.evaluation.protocols import PascalZeroShotProtocol, make_protocol, unseen_classes
+from clipseg.evaluation.protocols import (
+    PascalZeroShotProtocol,
+    make_protocol,
+    unseen_classes,
+)
 from clipseg.evaluation.reference import TABLES
 from clipseg.evaluation.runner import run_evaluation
 
@@ -30,10 +34,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(table: str, protocol: str, dataset: dict, tmp_path: Path, model: Path, **extra):
-    return config_from_dict({
-        "table": table, "protocol": protocol, "dataset": dataset, "image_size": IMAGE_SIZE, "batch_size": 4,
-        "qualitative": 2, "output": str(tmp_path / f"table{table}"),
-        "models": [{"name": "CLIPSeg (PC+)", "source": str(model)}]} | extra)
+    return config_from_dict(
+        {
+            "table": table,
+            "protocol": protocol,
+            "dataset": dataset,
+            "image_size": IMAGE_SIZE,
+            "batch_size": 4,
+            "qualitative": 2,
+            "output": str(tmp_path / f"table{table}"),
+            "models": [{"name": "CLIPSeg (PC+)", "source": str(model)}],
+        }
+        | extra
+    )
 
 
 def _protocol_configs(data: Path) -> dict[str, tuple[str, dict, dict]]:
@@ -44,13 +57,22 @@ def _protocol_configs(data: Path) -> dict[str, tuple[str, dict, dict]]:
         "9": ("phrasecut", {"root": str(data / "phrasecut")}, {"prompts": ["text", "visual"]}),
         "4": ("pascal_zeroshot", {"root": str(data / "pascal")}, {}),
         "5": ("pascal5i", {"root": str(data / "pascal"), "splits": str(splits)}, {"episodes": 3}),
-        "7": ("pascal5i", {"root": str(data / "pascal")},
-              {"episodes": 2, "folds": [1, 2], "prompt": "text", "min_pixels": 64, "geometry": "squash"}),
-        "6": ("coco20i", {"root": str(data / "coco"), "splits": str(data / "coco" / "splits" / "coco" / "val")},
-              {"episodes": 2, "geometry": "squash", "threshold": 0.1}),
+        "7": (
+            "pascal5i",
+            {"root": str(data / "pascal")},
+            {"episodes": 2, "folds": [1, 2], "prompt": "text", "min_pixels": 64, "geometry": "squash"},
+        ),
+        "6": (
+            "coco20i",
+            {"root": str(data / "coco"), "splits": str(data / "coco" / "splits" / "coco" / "val")},
+            {"episodes": 2, "geometry": "squash", "threshold": 0.1},
+        ),
         "8": ("lvis_generalized", {"annotations": lvis}, {"max_images_per_prompt": 1}),
-        "2": ("visual_prompt_engineering", {"annotations": lvis},
-              {"samples": 2, "variants": ["cls_mask_all", "red_outline", "blur", "crop_blur_highlight"]}),
+        "2": (
+            "visual_prompt_engineering",
+            {"annotations": lvis},
+            {"samples": 2, "variants": ["cls_mask_all", "red_outline", "blur", "crop_blur_highlight"]},
+        ),
     }
 
 
@@ -82,10 +104,14 @@ def test_interrupted_runs_resume_from_cached_samples(benchmarks, tiny_model_dir,
     protocol, dataset, options = _protocol_configs(benchmarks)["5"]
     options = {**options, "folds": [0]}
     settings = {"options": options, "qualitative": 1}
-    first = run_evaluation(_config("5", protocol, dataset, tmp_path, tiny_model_dir, limit=2, **settings),
-                           progress=False)
-    fresh = run_evaluation(_config("5", protocol, dataset, tmp_path / "fresh", tiny_model_dir, limit=3, **settings),
-                           resume=False, progress=False)
+    first = run_evaluation(
+        _config("5", protocol, dataset, tmp_path, tiny_model_dir, limit=2, **settings), progress=False
+    )
+    fresh = run_evaluation(
+        _config("5", protocol, dataset, tmp_path / "fresh", tiny_model_dir, limit=3, **settings),
+        resume=False,
+        progress=False,
+    )
     calls = []
     original = Segmenter.probabilities
 
@@ -94,8 +120,9 @@ def test_interrupted_runs_resume_from_cached_samples(benchmarks, tiny_model_dir,
         return original(self, images, conditionals, image_index)
 
     monkeypatch.setattr(Segmenter, "probabilities", counting)
-    resumed = run_evaluation(_config("5", protocol, dataset, tmp_path, tiny_model_dir, limit=3, **settings),
-                             progress=False)
+    resumed = run_evaluation(
+        _config("5", protocol, dataset, tmp_path, tiny_model_dir, limit=3, **settings), progress=False
+    )
     assert sum(calls) == 1 + 1  # only the third episode is new (+ the one qualitative example, always redrawn)
     for key in ("miou@t", "biniou@t", "ap", "fgiou@best"):
         assert resumed.rows[0].values[key] == pytest.approx(fresh.rows[0].values[key], abs=1e-12)
@@ -108,8 +135,9 @@ def test_cache_depends_on_the_weights(benchmarks, tiny_model_dir, tmp_path):
     other = tmp_path / "other_model"
     random_model(seed=7).save_pretrained(other)
     protocol, dataset, _ = _protocol_configs(benchmarks)["3"]
-    one = run_evaluation(_config("3", protocol, dataset, tmp_path, tiny_model_dir, limit=2, qualitative=0),
-                         progress=False)
+    one = run_evaluation(
+        _config("3", protocol, dataset, tmp_path, tiny_model_dir, limit=2, qualitative=0), progress=False
+    )
     two = run_evaluation(_config("3", protocol, dataset, tmp_path, other, limit=2, qualitative=0), progress=False)
     assert one.rows[0].values["text/ap"] != two.rows[0].values["text/ap"]
 
@@ -144,7 +172,7 @@ def test_zero_shot_argmax_weights_the_background_prompt(benchmarks, tiny_model_d
 
     def fixed(self, images, conditionals, image_index=None):
         # background 0.3, class k (1-based) 0.4 + k/100: weighted background 0.9 beats every class.
-        values = torch.tensor([0.3] + [0.4 + k / 100 for k in range(1, 21)])[-(len(conditionals) // len(images)):]
+        values = torch.tensor([0.3] + [0.4 + k / 100 for k in range(1, 21)])[-(len(conditionals) // len(images)) :]
         return values.repeat(len(images))[:, None, None].expand(-1, IMAGE_SIZE, IMAGE_SIZE).clone()
 
     monkeypatch.setattr(Segmenter, "probabilities", fixed)
@@ -167,18 +195,30 @@ def test_eval_command_prints_the_table_and_reports_missing_data(benchmarks, tiny
 
     protocol, dataset, options = _protocol_configs(benchmarks)["7"]
     config_path = tmp_path / "table7.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "table": "7", "protocol": protocol, "dataset": dataset, "options": options, "image_size": IMAGE_SIZE,
-        "models": [{"name": "x", "source": "missing/model/dir"}], "output": str(tmp_path / "out"),
-    }))
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "table": "7",
+                "protocol": protocol,
+                "dataset": dataset,
+                "options": options,
+                "image_size": IMAGE_SIZE,
+                "models": [{"name": "x", "source": "missing/model/dir"}],
+                "output": str(tmp_path / "out"),
+            }
+        )
+    )
     runner = CliRunner()
-    result = runner.invoke(app, ["eval", str(config_path), "--model", f"CLIPSeg (PC+)={tiny_model_dir}",
-                                 "--limit", "2", "--batch-size", "2"])
+    result = runner.invoke(
+        app,
+        ["eval", str(config_path), "--model", f"CLIPSeg (PC+)={tiny_model_dir}", "--limit", "2", "--batch-size", "2"],
+    )
     assert result.exit_code == 0, result.output
     assert "| CLIPSeg (PC+) | ours |" in result.stdout and "| PFENet (VGG16) | paper |" in result.stdout
     assert (tmp_path / "out" / "results.json").is_file()
-    result = runner.invoke(app, ["eval", str(config_path), "--root", str(tmp_path / "nowhere"), "--model",
-                                 str(tiny_model_dir)])
+    result = runner.invoke(
+        app, ["eval", str(config_path), "--root", str(tmp_path / "nowhere"), "--model", str(tiny_model_dir)]
+    )
     assert result.exit_code == 1
     assert "VOCtrainval_11-May-2012.tar" in result.output and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, ["eval", str(config_path)])

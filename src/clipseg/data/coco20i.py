@@ -80,13 +80,17 @@ class Coco20i:
         root = Path(root)
         annotation_file = root / "annotations" / f"instances_{split}.json"
         if not annotation_file.is_file() or not (root / split).is_dir():
-            raise FileNotFoundError(f"COCO 2014 ({split}) not found at {root}: {_COCO_HELP}, or set its path in the config")
+            raise FileNotFoundError(
+                f"COCO 2014 ({split}) not found at {root}: {_COCO_HELP}, or set its path in the config"
+            )
         self.root = root
         self.split = split
         self.instances = CocoInstances(annotation_file, root / split)
         self.category_ids = sorted(self.instances.categories)
         if len(self.category_ids) != 80:
-            raise ValueError(f"{annotation_file}: COCO-20i needs the 80 COCO categories, found {len(self.category_ids)}")
+            raise ValueError(
+                f"{annotation_file}: COCO-20i needs the 80 COCO categories, found {len(self.category_ids)}"
+            )
         self._image_by_name = {image.file_name: image_id for image_id, image in self.instances.images.items()}
 
     def class_name(self, class_index: int) -> str:

@@ -66,7 +66,9 @@ class LVIS:
         if path.is_dir():
             path = path / "lvis_v1_val.json"
         if not path.is_file():
-            raise FileNotFoundError(f"LVIS annotations not found at {path}: {_LVIS_HELP}, or set its path in the config")
+            raise FileNotFoundError(
+                f"LVIS annotations not found at {path}: {_LVIS_HELP}, or set its path in the config"
+            )
         with path.open(encoding="utf-8") as handle:
             data = json.load(handle)
         missing = {"images", "annotations", "categories"} - set(data)
@@ -79,7 +81,10 @@ class LVIS:
         self.annotations_by_image: dict[int, list[LVISAnnotation]] = {}
         for raw in data["annotations"]:
             annotation = LVISAnnotation(
-                int(raw["id"]), int(raw["image_id"]), int(raw["category_id"]), raw["segmentation"],
+                int(raw["id"]),
+                int(raw["image_id"]),
+                int(raw["category_id"]),
+                raw["segmentation"],
                 float(raw.get("area", 0.0)),
             )
             self.annotations_by_image.setdefault(annotation.image_id, []).append(annotation)

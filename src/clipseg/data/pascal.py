@@ -27,10 +27,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# fmt: off
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+# fmt: on
 """The 20 VOC classes; class ``VOC_CLASSES[k]`` has label value k + 1 (0 is background)."""
 IGNORE_LABEL = 255
 PASCAL5I_FOLDS = 4
@@ -162,7 +164,8 @@ def read_hsnet_split(path: str | os.PathLike) -> list[tuple[str, int]]:
     path = Path(path)
     if not path.is_file():
         raise _not_found(
-            "HSNet Pascal-5i split list", path,
+            "HSNet Pascal-5i split list",
+            path,
             "copy data/splits/pascal/val/fold<i>.txt from github.com/juhongm999/hsnet (or leave 'splits' unset to "
             "derive the pairs from the labels)",
         )

@@ -29,6 +29,7 @@ from .lvis import generalized_prompt_groups
 from .pascal import IGNORE_LABEL, VOC_CLASSES, pascal5i_classes
 from .synthetic import Scene, render_scene
 
+# fmt: off
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = tuple(zip(
     [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83), *range(84, 91)],
     ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -40,7 +41,9 @@ COCO_CATEGORIES: tuple[tuple[int, str], ...] = tuple(zip(
      "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
      "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
      "hair drier", "toothbrush"],
+    strict=True,
 ))
+# fmt: on
 """The 80 COCO categories (id, name) in id order; COCO-20i indexes them 0..79 in this order."""
 
 
@@ -160,8 +163,13 @@ def write_pascal(
 
 def _polygon_annotation(shape, annotation_id: int, image_id: int, category_id: int) -> dict[str, Any]:
     return {
-        "id": annotation_id, "image_id": image_id, "category_id": category_id, "segmentation": shape.polygon,
-        "area": float(shape.mask.sum()), "bbox": list(shape.bbox), "iscrowd": 0,
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": shape.polygon,
+        "area": float(shape.mask.sum()),
+        "bbox": list(shape.bbox),
+        "iscrowd": 0,
     }
 
 
@@ -189,8 +197,9 @@ def write_coco2014(
         images.append({"id": image_id, "file_name": file_name, "height": size[0], "width": size[1]})
         for shape in scene.shapes:
             class_index = shape_count % len(COCO_CATEGORIES)
-            annotations.append(_polygon_annotation(shape, len(annotations) + 1, image_id,
-                                                   COCO_CATEGORIES[class_index][0]))
+            annotations.append(
+                _polygon_annotation(shape, len(annotations) + 1, image_id, COCO_CATEGORIES[class_index][0])
+            )
             if shape.mask.sum() >= min_pixels:
                 names = classwise.setdefault(class_index, [])
                 if f"{split}/{file_name}" not in names:
@@ -201,8 +210,10 @@ def write_coco2014(
     _save_text(json.dumps(instances), out / "annotations" / f"instances_{split}.json")
     for fold in range(4):
         fold_lists = {c: classwise.get(c, []) for c in range(fold, 80, 4)}
-        _write_atomic(out / "splits" / "coco" / "val" / f"fold{fold}.pkl",
-                      lambda temporary, data=fold_lists: temporary.write_bytes(pickle.dumps(data, protocol=3)))
+        _write_atomic(
+            out / "splits" / "coco" / "val" / f"fold{fold}.pkl",
+            lambda temporary, data=fold_lists: temporary.write_bytes(pickle.dumps(data, protocol=3)),
+        )
     return out
 
 
@@ -229,24 +240,42 @@ def write_lvis(
     """
     out = Path(out_dir)
     names = lvis_names()
-    categories = [{"id": k + 1, "name": name.replace(" ", "_"), "synonyms": [name.replace(" ", "_")],
-                   "frequency": "f", "synset": f"{name.replace(' ', '_')}.n.01"} for k, name in enumerate(names)]
+    categories = [
+        {
+            "id": k + 1,
+            "name": name.replace(" ", "_"),
+            "synonyms": [name.replace(" ", "_")],
+            "frequency": "f",
+            "synset": f"{name.replace(' ', '_')}.n.01",
+        }
+        for k, name in enumerate(names)
+    ]
     images, annotations = [], []
     shape_count = 0
     for index, scene in enumerate(_scenes(n_images, seed, size)):
         image_id = 1000 + index
         file_name = f"{image_id:012d}.jpg"
         _save_image(scene.image, out / "val2017" / file_name)
-        images.append({"id": image_id, "coco_url": f"http://images.cocodataset.org/val2017/{file_name}",
-                       "height": size[0], "width": size[1], "neg_category_ids": [],
-                       "not_exhaustive_category_ids": []})
+        images.append(
+            {
+                "id": image_id,
+                "coco_url": f"http://images.cocodataset.org/val2017/{file_name}",
+                "height": size[0],
+                "width": size[1],
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+            }
+        )
         for shape in scene.shapes:
             annotation = _polygon_annotation(shape, len(annotations) + 1, image_id, shape_count % len(names) + 1)
             del annotation["iscrowd"]
             annotations.append(annotation)
             shape_count += 1
-    data = {"info": {"description": "synthetic LVIS v1"}, "images": images, "annotations": annotations,
-            "categories": categories}
+    data = {
+        "info": {"description": "synthetic LVIS v1"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     _save_text(json.dumps(data), out / "lvis_v1_val.json")
     return out
-

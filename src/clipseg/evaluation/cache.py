@@ -35,7 +35,8 @@ def file_signature(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         return {
             str(p.relative_to(path)): [p.stat().st_size, p.stat().st_mtime_ns]
-            for p in sorted(path.rglob("*")) if p.is_file()
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
         }
     return {}
 
@@ -62,7 +63,12 @@ class SampleCache:
     """
 
     def __init__(
-        self, directory: str | os.PathLike, description: Mapping[str, Any], *, chunk_size: int = 64, enabled: bool = True
+        self,
+        directory: str | os.PathLike,
+        description: Mapping[str, Any],
+        *,
+        chunk_size: int = 64,
+        enabled: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.enabled = enabled

@@ -11,14 +11,23 @@ from ..cli.common import EXIT_USAGE, CLIError, print_line, run_command, stderr_c
 
 
 def eval_(
-    config: Annotated[Path, typer.Argument(help="Evaluation config, one per paper table (e.g. configs/eval/table5_pascal5i.yaml).")],
+    config: Annotated[
+        Path, typer.Argument(help="Evaluation config, one per paper table (e.g. configs/eval/table5_pascal5i.yaml).")
+    ],
     model: Annotated[
         Optional[list[str]],
-        typer.Option("--model", help="Evaluate these weights instead of the config's models: SOURCE or NAME=SOURCE (repeatable)."),
+        typer.Option(
+            "--model", help="Evaluate these weights instead of the config's models: SOURCE or NAME=SOURCE (repeatable)."
+        ),
     ] = None,
-    root: Annotated[Optional[str], typer.Option(help="Dataset location, replacing dataset.root (or dataset.annotations for LVIS).")] = None,
+    root: Annotated[
+        Optional[str], typer.Option(help="Dataset location, replacing dataset.root (or dataset.annotations for LVIS).")
+    ] = None,
     output: Annotated[Optional[Path], typer.Option(help="Directory for report.md, results.json and plots.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N samples per task (a quick check; not comparable to the paper).")] = None,
+    limit: Annotated[
+        Optional[int],
+        typer.Option(help="Only the first N samples per task (a quick check; not comparable to the paper)."),
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1, mps ...")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass.")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore cached per-sample results and start over.")] = False,
@@ -39,7 +48,9 @@ def eval_(
             specs = []
             for k, entry in enumerate(model):
                 name, separator, source = entry.partition("=")
-                specs.append(ModelSpec(name=name if separator else f"model {k + 1}", source=source if separator else entry))
+                specs.append(
+                    ModelSpec(name=name if separator else f"model {k + 1}", source=source if separator else entry)
+                )
             changes["models"] = tuple(specs)
         if root is not None:
             key = "annotations" if settings.protocol in ("lvis_generalized", "visual_prompt_engineering") else "root"
@@ -58,6 +69,8 @@ def eval_(
             changes["batch_size"] = batch_size
         result = run_evaluation(settings.replace(**changes), resume=not fresh)
         typer.echo(result.files.markdown.read_text(encoding="utf-8"))
-        print_line(stderr_console(), f"wrote {result.files.markdown}, {result.files.json} and {len(result.files.plots)} plots")
+        print_line(
+            stderr_console(), f"wrote {result.files.markdown}, {result.files.json} and {len(result.files.plots)} plots"
+        )
 
     run_command(body, debug=debug)

@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 PROTOCOLS = (
-    "phrasecut", "pascal_zeroshot", "pascal5i", "coco20i", "lvis_generalized", "visual_prompt_engineering",
+    "phrasecut",
+    "pascal_zeroshot",
+    "pascal5i",
+    "coco20i",
+    "lvis_generalized",
+    "visual_prompt_engineering",
 )
 
 
@@ -73,6 +78,7 @@ class EvalConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     image_size: int = 352
     batch_size: int = 8
+    workers: int = 2
     device: str = "cpu"
     output: str = "runs/eval"
     cache: str | None = None
@@ -148,8 +154,8 @@ def config_from_dict(data: Mapping[str, Any], *, origin: str = "config") -> Eval
     if len(set(names)) != len(names):
         raise ValueError(f"{origin}: model names must be unique, got {names}")
     config = EvalConfig(**values)
-    if config.image_size < 16 or config.batch_size < 1:
-        raise ValueError(f"{origin}: image_size must be >= 16 and batch_size >= 1")
+    if config.image_size < 16 or config.batch_size < 1 or config.workers < 0:
+        raise ValueError(f"{origin}: image_size must be >= 16, batch_size >= 1 and workers >= 0")
     if config.limit is not None and config.limit < 1:
         raise ValueError(f"{origin}: limit must be positive")
     return config

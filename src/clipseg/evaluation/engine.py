@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,13 @@ from PIL import Image
 
 from .cache import SampleCache, file_signature, fingerprint
 from .config import EvalConfig, ModelSpec
-from .inference import Geometry, Placement, Segmenter, load_eval_model, probabilities_at_original
+from .inference import (
+    Geometry,
+    Placement,
+    Segmenter,
+    load_eval_model,
+    probabilities_at_original,
+)
 from .metrics import BinaryScores, StatisticsAccumulator, threshold_statistics
 
 CACHE_VERSION = 1
@@ -98,8 +105,9 @@ class Runtime:
         source = spec.source_for(task)
         key = (source, spec.clip, spec.extract_layers)
         if self._loaded is None or self._loaded[0] != key:
-            model = load_eval_model(source, device=self.config.device, clip=spec.clip,
-                                    extract_layers=spec.extract_layers)
+            model = load_eval_model(
+                source, device=self.config.device, clip=spec.clip, extract_layers=spec.extract_layers
+            )
             self._loaded = (key, Segmenter(model, image_size=self.config.image_size))
         return self._loaded[1]
 
@@ -111,11 +119,19 @@ class Runtime:
             "protocol": self.config.protocol,
             "dataset": dict(self.config.dataset),
             "image_size": self.config.image_size,
-            "model": {"source": source, "clip": spec.clip, "extract_layers": spec.extract_layers,
-                      "files": file_signature(source) if Path(source).exists() else {}},
+            "model": {
+                "source": source,
+                "clip": spec.clip,
+                "extract_layers": spec.extract_layers,
+                "files": file_signature(source) if Path(source).exists() else {},
+            },
             **protocol_state,
         }
-        directory = self.config.cache_dir / self.config.protocol / f"{_slug(spec.name)}-{_slug(name)}-{fingerprint(description)}"
+        directory = (
+            self.config.cache_dir
+            / self.config.protocol
+            / f"{_slug(spec.name)}-{_slug(name)}-{fingerprint(description)}"
+        )
         return SampleCache(directory, description, enabled=self.resume)
 
     @contextmanager
@@ -137,7 +153,28 @@ class Runtime:
 
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
+
+
+def loaded_batches(
+    samples: Sequence[BinarySample], batch_size: int, workers: int
+) -> Iterator[tuple[Sequence[BinarySample], list[Query]]]:
+    """Batches of samples with their loaded queries; `workers` threads read the next batch while the model runs on
+    the current one (at most two batches in memory)."""
+    batches = batched(samples, batch_size)
+    if workers == 0:
+        for batch in batches:
+            yield batch, [s.load() for s in batch]
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ahead = None
+        for batch in batches:
+            futures = [pool.submit(s.load) for s in batch]
+            if ahead is not None:
+                yield ahead[0], [f.result() for f in ahead[1]]
+            ahead = (batch, futures)
+        if ahead is not None:
+            yield ahead[0], [f.result() for f in ahead[1]]
 
 
 def conditionals(segmenter: Segmenter, queries: Sequence[Query], visual_prompt: str) -> torch.Tensor:
@@ -160,7 +197,9 @@ def conditionals(segmenter: Segmenter, queries: Sequence[Query], visual_prompt: 
     return torch.stack(rows)
 
 
-def predict(segmenter: Segmenter, queries: Sequence[Query], visual_prompt: str, geometry: Geometry) -> list[torch.Tensor]:
+def predict(
+    segmenter: Segmenter, queries: Sequence[Query], visual_prompt: str, geometry: Geometry
+) -> list[torch.Tensor]:
     """Probabilities of each query at its evaluation resolution."""
     images = torch.stack([q.image for q in queries])
     probabilities = segmenter.probabilities(images, conditionals(segmenter, queries, visual_prompt))
@@ -189,10 +228,10 @@ def evaluate_binary(
                 advance(1)
         pending = [s for s in samples if s.key not in done]
         try:
-            for batch in batched(pending, runtime.config.batch_size):
-                queries = [s.load() for s in batch]
-                for sample, query, probabilities in zip(batch, queries, predict(segmenter, queries, visual_prompt,
-                                                                               geometry)):
+            for batch, queries in loaded_batches(pending, runtime.config.batch_size, runtime.config.workers):
+                for sample, query, probabilities in zip(
+                    batch, queries, predict(segmenter, queries, visual_prompt, geometry)
+                ):
                     valid = None if query.valid is None else query.valid[None]
                     statistics = threshold_statistics(probabilities[None], query.target[None], valid)
                     accumulator.add(statistics, classes=[sample.group])
@@ -222,7 +261,9 @@ def collect_examples(
         height, width = query.placement.content
         image = image[:height, :width]
         if image.shape[:2] != tuple(query.target.shape):
-            image = np.asarray(Image.fromarray(image).resize(tuple(query.target.shape)[::-1], Image.Resampling.BILINEAR))
+            image = np.asarray(
+                Image.fromarray(image).resize(tuple(query.target.shape)[::-1], Image.Resampling.BILINEAR)
+            )
         examples.append(Example(image, probabilities.numpy(), query.target.numpy().astype(bool), query.caption))
     return examples
 

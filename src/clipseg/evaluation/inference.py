@@ -88,8 +88,11 @@ def prepare_input(
     if geometry != "letterbox":
         raise ValueError(f"unknown input geometry {geometry!r}; expected one of {GEOMETRIES}")
     new_height, new_width = letterbox_size(height, width, size)
-    resized = image.resize((new_width, new_height), Image.Resampling.BILINEAR) if (new_height, new_width) != (
-        height, width) else image
+    resized = (
+        image.resize((new_width, new_height), Image.Resampling.BILINEAR)
+        if (new_height, new_width) != (height, width)
+        else image
+    )
     canvas = Image.new("RGB", (size, size), (0, 0, 0))  # black padding, as PFENet pads before normalising
     canvas.paste(resized, (0, 0))
     return to_tensor(canvas, mean, std), Placement((new_height, new_width), (height, width))
@@ -128,8 +131,9 @@ def probabilities_at_original(probabilities: torch.Tensor, placement: Placement,
     if (height, width) == placement.original:
         return region
     lead = region.shape[:-2]
-    resized = F.interpolate(region.reshape(-1, 1, height, width), size=placement.original, mode="bilinear",
-                            align_corners=True)
+    resized = F.interpolate(
+        region.reshape(-1, 1, height, width), size=placement.original, mode="bilinear", align_corners=True
+    )
     return resized.reshape(*lead, *placement.original)
 
 
@@ -168,8 +172,9 @@ class Segmenter:
         """(N, D) conditional vectors of support images prepared with a visual prompt `variant`."""
         from ..visual_prompt import prepare_support
 
-        prompts = [prepare_support(i, m, variant, self.image_size, mean=self.mean, std=self.std)
-                   for i, m in zip(images, masks)]
+        prompts = [
+            prepare_support(i, m, variant, self.image_size, mean=self.mean, std=self.std) for i, m in zip(images, masks)
+        ]
         pixels = torch.stack([p.pixel_values for p in prompts]).to(self.device)
         mode = prompts[0].token_mask_mode
         if mode is None:
@@ -185,7 +190,9 @@ class Segmenter:
         images = images.to(self.device)
         features = self.model.extract_features(images)
         logits = self.model.decode(
-            features, conditionals.to(self.device), output_size=tuple(images.shape[-2:]),
+            features,
+            conditionals.to(self.device),
+            output_size=tuple(images.shape[-2:]),
             image_index=None if image_index is None else image_index.to(self.device),
         )
         return torch.sigmoid(logits[:, 0].float())

@@ -293,7 +293,9 @@ class ConfusionMatrix:
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
 
     @staticmethod
-    def counts(predicted: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    def counts(
+        predicted: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    ) -> torch.Tensor:
         """(num_classes, num_classes) counts [target, predicted] of one or more label maps of equal shape."""
         if predicted.shape != target.shape:
             raise ValueError(f"predicted {tuple(predicted.shape)} and target {tuple(target.shape)} shapes differ")

@@ -36,15 +36,31 @@ import torch
 import torch.nn.functional as F
 
 from .config import EvalConfig, ModelSpec
-from .engine import BinarySample, Query, Row, Runtime, batched, binary_values, collect_examples, evaluate_binary
-from .inference import GEOMETRIES, Placement, place_mask, prepare_input, resize_labels
-from .metrics import BinaryScores, ConfusionMatrix, StatisticsAccumulator, threshold_index
+from .engine import (
+    BinarySample,
+    Query,
+    Row,
+    Runtime,
+    batched,
+    binary_values,
+    collect_examples,
+    evaluate_binary,
+)
+from .inference import GEOMETRIES, place_mask, prepare_input, resize_labels
+from .metrics import (
+    BinaryScores,
+    ConfusionMatrix,
+    StatisticsAccumulator,
+    threshold_index,
+)
 from .reference import TABLE2_LABELS
 
+# fmt: off
 JOEM_CLASSES: tuple[str, ...] = (
     "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+# fmt: on
 """The VOC class names the original zero-shot evaluation prompted with (JoEm's list), label order."""
 UNSEEN_ORDER = (10, 14, 1, 18, 8, 20, 19, 5, 9, 16)
 """ZS3Net/JoEm unseen classes, added in pairs: unseen-2 = cow, motorbike; -4 adds airplane, sofa; ... -10."""
@@ -166,16 +182,22 @@ class PhraseCutProtocol(Protocol):
             for k, task in enumerate(tasks):
                 by_phrase.setdefault(task.phrase, []).append(k)
             random = np.random.default_rng(options.seed)
-            chosen = [(k, int(random.choice(by_phrase[t.phrase])))
-                      for k, t in enumerate(tasks) if len(by_phrase[t.phrase]) > 1]
+            chosen = [
+                (k, int(random.choice(by_phrase[t.phrase])))
+                for k, t in enumerate(tasks)
+                if len(by_phrase[t.phrase]) > 1
+            ]
         samples = []
         for index, support in chosen:
             task = tasks[index]
             prompt = options.text_template.format(task.phrase) if kind == "text" else None
-            samples.append(BinarySample(
-                key=f"{kind}/{task.task_id}", group=task.task_id,
-                load=lambda i=index, p=prompt, s=support: self._query(i, p, s),
-            ))
+            samples.append(
+                BinarySample(
+                    key=f"{kind}/{task.task_id}",
+                    group=task.task_id,
+                    load=lambda i=index, p=prompt, s=support: self._query(i, p, s),
+                )
+            )
         return samples
 
     def rows(self, spec: ModelSpec, runtime: Runtime) -> list[Row]:
@@ -193,14 +215,22 @@ class PhraseCutProtocol(Protocol):
                 raise ValueError(f"PhraseCut {options.split}: no samples for {kind} prompts")
             state = {"kind": kind, "options": dataclasses.asdict(options) | {"threshold": None}}
             cache = runtime.cache(spec, options.split, state, name=kind)
-            scores = evaluate_binary(runtime, segmenter, samples, cache, description=f"{spec.name}: {kind}",
-                                     visual_prompt=options.visual_prompt, geometry="squash").scores()
+            scores = evaluate_binary(
+                runtime,
+                segmenter,
+                samples,
+                cache,
+                description=f"{spec.name}: {kind}",
+                visual_prompt=options.visual_prompt,
+                geometry="squash",
+            ).scores()
             values |= {f"{kind}/{k}": v for k, v in binary_values(scores, threshold).items() if k != "t"}
             details[kind] = {"samples": len(samples), **scores.summary()}
             curves[kind] = scores
             if not examples:
-                examples = collect_examples(segmenter, samples, self.config.qualitative,
-                                            visual_prompt=options.visual_prompt, geometry="squash")
+                examples = collect_examples(
+                    segmenter, samples, self.config.qualitative, visual_prompt=options.visual_prompt, geometry="squash"
+                )
         return [Row(spec.name, spec.paper_row or spec.name, values, details, curves, examples)]
 
 
@@ -274,14 +304,24 @@ class OneShotProtocol(Protocol):
             stats = (segmenter.mean, segmenter.std)
             episodes = runtime.limited(self.episodes(fold, options))
             samples = [
-                BinarySample(f"fold{fold}/{e.index:05d}", f"{fold}/{e.class_id}",
-                             lambda e=e: self._query(e, options, stats))
+                BinarySample(
+                    f"fold{fold}/{e.index:05d}",
+                    f"{fold}/{e.class_id}",
+                    lambda e=e, stats=stats: self._query(e, options, stats),
+                )
                 for e in episodes
             ]
             state = {"fold": fold, "options": dataclasses.asdict(options) | {"threshold": None, "folds": None}}
             cache = runtime.cache(spec, str(fold), state, name=f"fold{fold}")
-            accumulator = evaluate_binary(runtime, segmenter, samples, cache, description=f"{spec.name}: fold {fold}",
-                                          visual_prompt=options.visual_prompt, geometry=options.geometry)
+            accumulator = evaluate_binary(
+                runtime,
+                segmenter,
+                samples,
+                cache,
+                description=f"{spec.name}: fold {fold}",
+                visual_prompt=options.visual_prompt,
+                geometry=options.geometry,
+            )
             scores = accumulator.scores()
             per_fold[str(fold)] = binary_values(scores, threshold) | {
                 "class_iou@t": {k: float(v[threshold_index(threshold)]) for k, v in scores.class_iou().items()},
@@ -290,14 +330,20 @@ class OneShotProtocol(Protocol):
             pooled.samples += accumulator.samples
             pooled.per_class.update(accumulator.per_class)
             if not examples:
-                examples = collect_examples(segmenter, samples, self.config.qualitative,
-                                            visual_prompt=options.visual_prompt, geometry=options.geometry)
+                examples = collect_examples(
+                    segmenter,
+                    samples,
+                    self.config.qualitative,
+                    visual_prompt=options.visual_prompt,
+                    geometry=options.geometry,
+                )
         keys = [k for k, v in next(iter(per_fold.values())).items() if isinstance(v, float)]
         values = {k: float(np.mean([fold[k] for fold in per_fold.values()])) for k in keys}
         values["t"] = threshold
         details = {"folds": per_fold, "averaged_over_folds": list(per_fold), "episodes_per_fold": len(episodes)}
-        return [Row(spec.name, spec.paper_row or spec.name, values, details, {"pooled folds": pooled.scores()},
-                    examples)]
+        return [
+            Row(spec.name, spec.paper_row or spec.name, values, details, {"pooled folds": pooled.scores()}, examples)
+        ]
 
 
 class Pascal5iProtocol(OneShotProtocol):
@@ -310,13 +356,21 @@ class Pascal5iProtocol(OneShotProtocol):
 
         dataset = self.config.dataset
         ids = read_pfenet_list(dataset["pfenet_list"]) if dataset.get("pfenet_list") else None
-        return PascalVOC(dataset["root"], split=dataset.get("split", "val"),
-                         annotations=dataset.get("annotations", "SegmentationClassAug"), image_ids=ids)
+        return PascalVOC(
+            dataset["root"],
+            split=dataset.get("split", "val"),
+            annotations=dataset.get("annotations", "SegmentationClassAug"),
+            image_ids=ids,
+        )
 
     def episodes(self, fold: int, options: OneShotOptions) -> list[Any]:
         from pathlib import Path
 
-        from ..data.pascal import pascal5i_pairs_from_labels, read_hsnet_split, sample_episodes
+        from ..data.pascal import (
+            pascal5i_pairs_from_labels,
+            read_hsnet_split,
+            sample_episodes,
+        )
 
         splits = self.config.dataset.get("splits")
         if splits:
@@ -351,7 +405,11 @@ class Coco20iProtocol(OneShotProtocol):
     def episodes(self, fold: int, options: OneShotOptions) -> list[Any]:
         from pathlib import Path
 
-        from ..data.coco20i import coco20i_classes, read_hsnet_coco_split, sample_coco_episodes
+        from ..data.coco20i import (
+            coco20i_classes,
+            read_hsnet_coco_split,
+            sample_coco_episodes,
+        )
 
         splits = self.config.dataset.get("splits")
         if splits:
@@ -396,8 +454,11 @@ class PascalZeroShotProtocol(Protocol):
         from ..data.pascal import PascalVOC
 
         dataset = self.config.dataset
-        return PascalVOC(dataset["root"], split=dataset.get("split", "val"),
-                         annotations=dataset.get("annotations", "SegmentationClass"))
+        return PascalVOC(
+            dataset["root"],
+            split=dataset.get("split", "val"),
+            annotations=dataset.get("annotations", "SegmentationClass"),
+        )
 
     def _confusion(self, segmenter, image_ids: Sequence[str], options: ZeroShotOptions) -> list[torch.Tensor]:
         size = self.config.image_size
@@ -421,7 +482,7 @@ class PascalZeroShotProtocol(Protocol):
             predicted = scores.argmax(1)  # 0 = background, k = class k
         else:
             predicted = probabilities.argmax(1) + 1  # the 20 classes alone never predict background
-        return [ConfusionMatrix.counts(p, l, 21) for p, l in zip(predicted, labels)]
+        return [ConfusionMatrix.counts(p, label, 21) for p, label in zip(predicted, labels)]
 
     def rows(self, spec: ModelSpec, runtime: Runtime) -> list[Row]:
         options = self.options_for(spec)
@@ -458,7 +519,10 @@ class PascalZeroShotProtocol(Protocol):
             values |= {f"{task}/seen": seen_iou, f"{task}/unseen": unseen_iou}
             names = ("background",) + tuple(options.class_names)
             details[task] = {
-                "seen": seen_iou, "unseen": unseen_iou, "harmonic": harmonic, "overall": matrix.mean_iou(range(21)),
+                "seen": seen_iou,
+                "unseen": unseen_iou,
+                "harmonic": harmonic,
+                "overall": matrix.mean_iou(range(21)),
                 "unseen_classes": [names[c] for c in unseen],
                 "class_iou": {names[c]: float(v) for c, v in enumerate(matrix.iou())},
             }
@@ -504,14 +568,18 @@ class LVISGeneralizedProtocol(Protocol):
             if not found:
                 raise ValueError(f"{self.lvis.path}: none of the objects of {prompt!r} are LVIS categories: {missing}")
             ids = set(found.values())
-            images = sorted(i for i, anns in self.lvis.annotations_by_image.items()
-                            if any(a.category_id in ids for a in anns))
+            images = sorted(
+                i for i, anns in self.lvis.annotations_by_image.items() if any(a.category_id in ids for a in anns)
+            )
             if options.max_images_per_prompt is not None:
                 images = images[: options.max_images_per_prompt]
             text = options.text_template.format(prompt)
-            samples += [BinarySample(f"{group}/{prompt}/{i}", prompt,
-                                     lambda i=i, c=frozenset(ids), t=text: self._query(i, c, t, stats))
-                        for i in images]
+            samples += [
+                BinarySample(
+                    f"{group}/{prompt}/{i}", prompt, lambda i=i, c=frozenset(ids), t=text: self._query(i, c, t, stats)
+                )
+                for i in images
+            ]
         return samples
 
     def _query(self, image_id: int, category_ids: frozenset[int], prompt: str, stats: tuple) -> Query:
@@ -532,26 +600,35 @@ class LVISGeneralizedProtocol(Protocol):
             samples = runtime.limited(self.samples(group, options, (segmenter.mean, segmenter.std)))
             state = {"group": group, "options": dataclasses.asdict(options) | {"threshold": None, "groups": None}}
             cache = runtime.cache(spec, group, state, name=group)
-            scores = evaluate_binary(runtime, segmenter, samples, cache, description=f"{spec.name}: {group}",
-                                     visual_prompt="none", geometry="squash").scores()
+            scores = evaluate_binary(
+                runtime,
+                segmenter,
+                samples,
+                cache,
+                description=f"{spec.name}: {group}",
+                visual_prompt="none",
+                geometry="squash",
+            ).scores()
             values |= {f"{group}/{k}": v for k, v in binary_values(scores, threshold).items() if k != "t"}
-            details[group] = {"samples": len(samples), "prompts": sorted(scores.class_statistics),
-                              **scores.summary()}
+            details[group] = {"samples": len(samples), "prompts": sorted(scores.class_statistics), **scores.summary()}
             curves[group] = scores
             if not examples:
-                examples = collect_examples(segmenter, samples, self.config.qualitative,
-                                            visual_prompt="none", geometry="squash")
+                examples = collect_examples(
+                    segmenter, samples, self.config.qualitative, visual_prompt="none", geometry="squash"
+                )
         return [Row(spec.name, spec.paper_row or spec.name, values, details, curves, examples)]
 
 
 # ---- visual prompt engineering (Table 2) -------------------------------------------------------------------------
 
 
+# fmt: off
 TABLE2_VARIANTS = (
-    "cls_mask_last", "cls_mask_all", "all_tokens_all_layers", "dye_red_grayscale", "red_outline",
-    "bg_intensity_50", "bg_intensity_10", "bg_intensity_0", "blur", "blur_bg_intensity_10",
-    "crop_large_context", "crop", "crop_blur", "crop_bg_intensity_10", "crop_blur_highlight",
+    "cls_mask_last", "cls_mask_all", "all_tokens_all_layers", "dye_red_grayscale", "red_outline", "bg_intensity_50",
+    "bg_intensity_10", "bg_intensity_0", "blur", "blur_bg_intensity_10", "crop_large_context", "crop", "crop_blur",
+    "crop_bg_intensity_10", "crop_blur_highlight",
 )
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -620,14 +697,16 @@ class VisualPromptEngineeringProtocol(Protocol):
         result = []
         for variant in variants:
             prompt = prepare_support(pixels, mask, variant, size, mean=segmenter.mean, std=segmenter.std)
-            resized = F.interpolate(prompt.pixel_values[None], (clip_size, clip_size), mode="bilinear",
-                                    align_corners=False).to(segmenter.device)
+            resized = F.interpolate(
+                prompt.pixel_values[None], (clip_size, clip_size), mode="bilinear", align_corners=False
+            ).to(segmenter.device)
             with torch.inference_mode():
                 if prompt.token_mask is None:
                     embedding = segmenter.model.encode_image(resized)
                 else:
                     embedding = segmenter.model.encode_image(
-                        resized, token_mask=prompt.token_mask[None].to(segmenter.device),
+                        resized,
+                        token_mask=prompt.token_mask[None].to(segmenter.device),
                         token_mask_mode=prompt.token_mask_mode,
                     )
             logits = options.logit_scale * F.normalize(embedding.float(), dim=-1) @ texts.T
@@ -668,18 +747,33 @@ class VisualPromptEngineeringProtocol(Protocol):
         prefix = f"{spec.name}: " if len(self.config.models) > 1 else ""
         for column, variant in enumerate(options.variants):
             label = TABLE2_LABELS.get(variant, VARIANTS[variant].description)
-            rows.append(Row(
-                f"{prefix}{label}", label, {"delta_p": float(delta[:, column].mean())},
-                {"variant": variant, "samples": len(table), "std": float(delta[:, column].std()),
-                 "p_plain": float(table[:, 0].mean()), "p_highlighted": float(table[:, column + 1].mean())},
-            ))
+            rows.append(
+                Row(
+                    f"{prefix}{label}",
+                    label,
+                    {"delta_p": float(delta[:, column].mean())},
+                    {
+                        "variant": variant,
+                        "samples": len(table),
+                        "std": float(delta[:, column].std()),
+                        "p_plain": float(table[:, 0].mean()),
+                        "p_highlighted": float(table[:, column + 1].mean()),
+                    },
+                )
+            )
         return rows
 
 
 PROTOCOLS: dict[str, type[Protocol]] = {
     cls.name: cls
-    for cls in (PhraseCutProtocol, PascalZeroShotProtocol, Pascal5iProtocol, Coco20iProtocol, LVISGeneralizedProtocol,
-                VisualPromptEngineeringProtocol)
+    for cls in (
+        PhraseCutProtocol,
+        PascalZeroShotProtocol,
+        Pascal5iProtocol,
+        Coco20iProtocol,
+        LVISGeneralizedProtocol,
+        VisualPromptEngineeringProtocol,
+    )
 }
 
 

@@ -63,14 +63,18 @@ _TABLE2_VALUES = (1.34, 1.71, -14.44, 1.21, 2.29, 3.08, 13.85, 23.40, 13.15, 21.
 
 TABLES: dict[str, PaperTable] = {
     "2": PaperTable(
-        "2", "Visual prompt engineering: average improvement of object probability ΔP(object), CLIP alone, LVIS",
+        "2",
+        "Visual prompt engineering: average improvement of object probability ΔP(object), CLIP alone, LVIS",
         (Column("ΔP(object)", "delta_p"),),
         tuple((label, (value,)) for label, value in zip(TABLE2_LABELS.values(), _TABLE2_VALUES)),
-        ("ΔP = P(target name | highlighted image) - P(target name | plain image), softmax over 'a photo of a <name>' "
-         "of the objects in the image, averaged over samples (the paper: 1,600 LVIS samples).",),
+        (
+            "ΔP = P(target name | highlighted image) - P(target name | plain image), softmax over "
+            "'a photo of a <name>' of the objects in the image, averaged over samples (the paper: 1,600 LVIS samples).",
+        ),
     ),
     "3": PaperTable(
-        "3", "Referring expression segmentation on PhraseCut (test)",
+        "3",
+        "Referring expression segmentation on PhraseCut (test)",
         (_T, Column("mIoU", "text/miou@t"), Column("IoU_FG", "text/fgiou@t"), Column("AP", "text/ap")),
         (
             ("CLIPSeg (PC+)", (0.3, 43.4, 54.7, 76.7)),
@@ -87,9 +91,14 @@ TABLES: dict[str, PaperTable] = {
         ("mIoU is the mean of per-sample IoU (the original code passes the sample index as the class).",),
     ),
     "4": PaperTable(
-        "4", "Generalized zero-shot segmentation on Pascal-VOC",
-        (Column("unseen-10 mIoU_S", "unseen-10/seen"), Column("unseen-10 mIoU_U", "unseen-10/unseen"),
-         Column("unseen-4 mIoU_S", "unseen-4/seen"), Column("unseen-4 mIoU_U", "unseen-4/unseen")),
+        "4",
+        "Generalized zero-shot segmentation on Pascal-VOC",
+        (
+            Column("unseen-10 mIoU_S", "unseen-10/seen"),
+            Column("unseen-10 mIoU_U", "unseen-10/unseen"),
+            Column("unseen-4 mIoU_S", "unseen-4/seen"),
+            Column("unseen-4 mIoU_U", "unseen-4/unseen"),
+        ),
         (
             ("CLIPSeg (PC+)", (35.7, 43.1, 20.8, 47.3)),
             ("CLIP-Deconv (PC+)", (25.1, 36.7, 25.9, 41.9)),
@@ -101,11 +110,15 @@ TABLES: dict[str, PaperTable] = {
             ("OSR", (72.1, 33.9, 75.0, 44.1)),
             ("JoEm", (63.4, 22.5, 67.0, 33.4)),
         ),
-        ("Seen classes include background. The paper trains one model per split (unseen classes removed from "
-         "PhraseCut+); give them as per-task 'sources' (keys unseen-10, unseen-4).",),
+        (
+            "Seen classes include background. The paper trains one model per split (unseen classes removed from "
+            "PhraseCut+); give them as per-task 'sources' (keys unseen-10, unseen-4).",
+        ),
     ),
     "5": PaperTable(
-        "5", "One-shot segmentation on Pascal-5i", _ONE_SHOT,
+        "5",
+        "One-shot segmentation on Pascal-5i",
+        _ONE_SHOT,
         (
             ("CLIPSeg (PC+)", (0.3, 59.5, 75.0, 82.3)),
             ("CLIPSeg (PC)", (0.3, 52.3, 69.5, 72.4)),
@@ -120,12 +133,16 @@ TABLES: dict[str, PaperTable] = {
             ("PFENet (RN101)", (None, 59.6, 72.9, None)),
             ("HSNet (RN101)", (None, 66.2, 77.6, None)),
         ),
-        ("Metrics per fold (mIoU over the fold's 5 classes), averaged over the 4 folds.",
-         "The paper's ViTSeg (PC+) row repeats its text-prompt scores of Table 7 (the released Tables notebook reads "
-         "the text-prompt columns for it).",),
+        (
+            "Metrics per fold (mIoU over the fold's 5 classes), averaged over the 4 folds.",
+            "The paper's ViTSeg (PC+) row repeats its text-prompt scores of Table 7 (the released Tables notebook "
+            "reads the text-prompt columns for it).",
+        ),
     ),
     "6": PaperTable(
-        "6", "One-shot segmentation on COCO-20i", _ONE_SHOT,
+        "6",
+        "One-shot segmentation on COCO-20i",
+        _ONE_SHOT,
         (
             ("CLIPSeg (COCO)", (0.1, 33.2, 58.4, 40.5)),
             ("CLIPSeg (COCO+N)", (0.1, 33.3, 59.1, 41.7)),
@@ -137,11 +154,15 @@ TABLES: dict[str, PaperTable] = {
             ("HSNet (RN50)", (None, 39.2, 68.2, None)),
             ("HSNet (RN101)", (None, 41.2, 69.1, None)),
         ),
-        ("Metrics per fold (mIoU over the fold's 20 classes), averaged over the 4 folds; the paper trains one model "
-         "per fold on COCO (give per-fold 'sources').",),
+        (
+            "Metrics per fold (mIoU over the fold's 20 classes), averaged over the 4 folds; the paper trains one model "
+            "per fold on COCO (give per-fold 'sources').",
+        ),
     ),
     "7": PaperTable(
-        "7", "Zero-shot segmentation on Pascal-5i (one-shot protocol, class name as text prompt)", _ONE_SHOT,
+        "7",
+        "Zero-shot segmentation on Pascal-5i (one-shot protocol, class name as text prompt)",
+        _ONE_SHOT,
         (
             ("CLIPSeg (PC+)", (0.3, 72.4, 83.1, 93.5)),
             ("CLIPSeg (PC)", (0.3, 70.3, 81.6, 84.8)),
@@ -152,23 +173,36 @@ TABLES: dict[str, PaperTable] = {
         ),
     ),
     "8": PaperTable(
-        "8", "Generalized prompts on LVIS (best threshold per model)",
-        (Column("Affordances mIoU", "affordances/fgiou@best"), Column("Affordances AP", "affordances/ap"),
-         Column("Attributes mIoU", "attributes/fgiou@best"), Column("Attributes AP", "attributes/ap"),
-         Column("Meronymy mIoU", "meronymy/fgiou@best"), Column("Meronymy AP", "meronymy/ap")),
+        "8",
+        "Generalized prompts on LVIS (best threshold per model)",
+        (
+            Column("Affordances mIoU", "affordances/fgiou@best"),
+            Column("Affordances AP", "affordances/ap"),
+            Column("Attributes mIoU", "attributes/fgiou@best"),
+            Column("Attributes AP", "attributes/ap"),
+            Column("Meronymy mIoU", "meronymy/fgiou@best"),
+            Column("Meronymy AP", "meronymy/ap"),
+        ),
         (
             ("CLIPSeg (PC+)", (36.9, 50.5, 26.6, 43.0, 25.7, 29.0)),
             ("CLIPSeg (LVIS)", (37.7, 44.6, 18.4, 16.6, 18.9, 13.8)),
             ("CLIP-Deconv", (32.2, 43.7, 23.1, 35.6, 21.1, 27.1)),
             ("VITSeg (PC+)", (19.2, 23.5, 26.8, 28.0, 18.4, 15.9)),
         ),
-        ("The paper's 'mIoU' columns are IoU_FG at the best threshold (the released notebook reads best_fgiou); the "
-         "mean IoU over prompts is in results.json (key <group>/miou@best).",),
+        (
+            "The paper's 'mIoU' columns are IoU_FG at the best threshold (the released notebook reads best_fgiou); the "
+            "mean IoU over prompts is in results.json (key <group>/miou@best).",
+        ),
     ),
     "9": PaperTable(
-        "9", "Ablation study on PhraseCut (best threshold per model)",
-        (Column("Text mIoU", "text/miou@best"), Column("Text AP", "text/ap"),
-         Column("Visual mIoU", "visual/miou@best"), Column("Visual AP", "visual/ap")),
+        "9",
+        "Ablation study on PhraseCut (best threshold per model)",
+        (
+            Column("Text mIoU", "text/miou@best"),
+            Column("Text AP", "text/ap"),
+            Column("Visual mIoU", "visual/miou@best"),
+            Column("Visual AP", "visual/ap"),
+        ),
         (
             ("CLIPSeg (PC+)", (43.6, 76.7, 25.4, 55.6)),
             ("no CLIP pre-training", (13.1, 12.6, 12.7, None)),

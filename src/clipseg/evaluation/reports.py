@@ -84,16 +84,23 @@ def markdown_report(config: EvalConfig, rows: Sequence[Row], table: PaperTable, 
     """The whole Markdown report."""
     title = config.title or f"Table {table.number}: {table.title}"
     settings = [
-        f"protocol `{config.protocol}`", f"input {config.image_size}x{config.image_size}",
+        f"protocol `{config.protocol}`",
+        f"input {config.image_size}x{config.image_size}",
         *(f"{k} `{v}`" for k, v in sorted(config.options.items())),
     ]
     if config.limit is not None:
         settings.append(f"**limited to the first {config.limit} samples per task (not comparable to the paper)**")
     parts = [
-        f"# {title}", "",
+        f"# {title}",
+        "",
         f"Paper: Table {table.number}, {table.title}. Values in percent"
-        + (" (ΔP in percentage points)" if table.number == "2" else "") + "; 'paper' rows quote the published numbers.",
-        "", "Settings: " + ", ".join(settings) + ".", "", markdown_table(config, rows, table), "",
+        + (" (ΔP in percentage points)" if table.number == "2" else "")
+        + "; 'paper' rows quote the published numbers.",
+        "",
+        "Settings: " + ", ".join(settings) + ".",
+        "",
+        markdown_table(config, rows, table),
+        "",
     ]
     if table.notes:
         parts += ["Notes:", "", *[f"- {note}" for note in table.notes], ""]
@@ -120,33 +127,51 @@ def _jsonable(value: Any) -> Any:
 
 def results_json(config: EvalConfig, rows: Sequence[Row], table: PaperTable) -> dict[str, Any]:
     """Every value of the run, the published numbers and the settings."""
-    return _jsonable({
-        "table": table.number,
-        "title": table.title,
-        "protocol": config.protocol,
-        "settings": {"image_size": config.image_size, "dataset": dict(config.dataset), "options": dict(config.options),
-                     "limit": config.limit, "seed": config.seed},
-        "thresholds": THRESHOLDS,
-        "rows": [
-            {
-                "name": row.name,
-                "paper_row": row.paper_row,
-                "values": row.values,
-                "paper_values": dict(zip([c.key for c in table.columns], table.paper_row(row.paper_row) or ())),
-                "details": row.details,
-                "curves": {
-                    label: {"iou_fg": s.iou_fg, "iou_bin": s.iou_bin, "miou": s.miou, "recall": s.recall,
-                            "precision": s.precision, "ap": s.ap, "statistics": s.statistics}
-                    for label, s in row.curves.items()
-                },
-            }
-            for row in rows
-        ],
-        "paper": [{"name": name, "values": dict(zip([c.key for c in table.columns], values))}
-                  for name, values in table.rows],
-        "models": [{"name": m.name, "source": m.source, "sources": dict(m.sources), "threshold": m.threshold}
-                   for m in config.models],
-    })
+    return _jsonable(
+        {
+            "table": table.number,
+            "title": table.title,
+            "protocol": config.protocol,
+            "settings": {
+                "image_size": config.image_size,
+                "dataset": dict(config.dataset),
+                "options": dict(config.options),
+                "limit": config.limit,
+                "seed": config.seed,
+            },
+            "thresholds": THRESHOLDS,
+            "rows": [
+                {
+                    "name": row.name,
+                    "paper_row": row.paper_row,
+                    "values": row.values,
+                    "paper_values": dict(zip([c.key for c in table.columns], table.paper_row(row.paper_row) or ())),
+                    "details": row.details,
+                    "curves": {
+                        label: {
+                            "iou_fg": s.iou_fg,
+                            "iou_bin": s.iou_bin,
+                            "miou": s.miou,
+                            "recall": s.recall,
+                            "precision": s.precision,
+                            "ap": s.ap,
+                            "statistics": s.statistics,
+                        }
+                        for label, s in row.curves.items()
+                    },
+                }
+                for row in rows
+            ],
+            "paper": [
+                {"name": name, "values": dict(zip([c.key for c in table.columns], values))}
+                for name, values in table.rows
+            ],
+            "models": [
+                {"name": m.name, "source": m.source, "sources": dict(m.sources), "threshold": m.threshold}
+                for m in config.models
+            ],
+        }
+    )
 
 
 def _slug(text: str) -> str:
@@ -164,22 +189,30 @@ def curve_plots(rows: Sequence[Row], directory: Path) -> list[Path]:
     """precision_recall.png and iou_vs_threshold.png with one line per (row, curve)."""
     from matplotlib.figure import Figure
 
-    curves = [(f"{row.name} ({label})" if len(row.curves) > 1 else row.name, scores)
-              for row in rows for label, scores in row.curves.items()]
+    curves = [
+        (f"{row.name} ({label})" if len(row.curves) > 1 else row.name, scores)
+        for row in rows
+        for label, scores in row.curves.items()
+    ]
     if not curves:
         return []
     pr = Figure(figsize=(6, 4.5))
     axis = pr.add_subplot()
     for name, scores in curves:
         axis.plot(scores.recall, scores.precision, marker=".", label=f"{name}, AP {scores.ap * 100:.1f}")
-    axis.set(xlabel="recall (TP / (1 + TP + FN))", ylabel="precision (TP / (1 + TP + FP))", xlim=(0, 1), ylim=(0, 1),
-             title="Precision-recall over the 49 thresholds")
+    axis.set(
+        xlabel="recall (TP / (1 + TP + FN))",
+        ylabel="precision (TP / (1 + TP + FP))",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="Precision-recall over the 49 thresholds",
+    )
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     iou = Figure(figsize=(6, 4.5))
     axis = iou.add_subplot()
     for name, scores in curves:
-        line, = axis.plot(THRESHOLDS, scores.iou_fg, label=f"{name} IoU_FG")
+        (line,) = axis.plot(THRESHOLDS, scores.iou_fg, label=f"{name} IoU_FG")
         axis.plot(THRESHOLDS, scores.iou_bin, linestyle="--", color=line.get_color(), label=f"{name} IoU_BIN")
         if scores.miou is not None:
             axis.plot(THRESHOLDS, scores.miou, linestyle=":", color=line.get_color(), label=f"{name} mIoU")
@@ -201,8 +234,11 @@ def qualitative_plot(row: Row, directory: Path) -> Path | None:
     count = len(row.examples)
     figure = Figure(figsize=(7.5, 2.4 * count))
     for k, example in enumerate(row.examples):
-        panels = ((example.image, None, example.caption), (example.probabilities, "magma", "prediction"),
-                  (example.target, "gray", "ground truth"))
+        panels = (
+            (example.image, None, example.caption),
+            (example.probabilities, "magma", "prediction"),
+            (example.target, "gray", "ground truth"),
+        )
         for column, (data, cmap, title) in enumerate(panels):
             axis = figure.add_subplot(count, 3, 3 * k + column + 1)
             axis.imshow(data, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None, interpolation="nearest")

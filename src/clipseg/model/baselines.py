@@ -35,8 +35,17 @@ VITSEG_FORMAT = "vitseg"
 BASELINE_FORMATS = (CLIP_DECONV_FORMAT, VITSEG_FORMAT)
 
 VIT_B16_384 = VisionConfig(
-    width=768, layers=12, heads=12, mlp_width=3072, patch_size=16, image_size=384, output_dim=512,
-    activation="gelu", layer_norm_eps=1e-6, patch_bias=True, pre_norm=False,
+    width=768,
+    layers=12,
+    heads=12,
+    mlp_width=3072,
+    patch_size=16,
+    image_size=384,
+    output_dim=512,
+    activation="gelu",
+    layer_norm_eps=1e-6,
+    patch_bias=True,
+    pre_norm=False,
 )
 """timm's ``vit_base_patch16_384`` as a `VisionConfig`."""
 
@@ -92,18 +101,27 @@ class CLIPDeconv(CLIPSeg):
 
     def __init__(self, config: CLIPSegConfig, *, reduce2_dim: int = 64, tokenizer=None) -> None:
         if len(config.decoder.extract_layers) != 1:
-            raise ValueError(f"CLIP-Deconv reads exactly one CLIP block, got extract_layers={config.decoder.extract_layers}")
+            raise ValueError(
+                f"CLIP-Deconv reads exactly one CLIP block, got extract_layers={config.decoder.extract_layers}"
+            )
         super().__init__(config, tokenizer)
         self.reduce2_dim = reduce2_dim
         self.decoder = DeconvDecoder(
-            config.vision.width, config.vision.output_dim, config.decoder.reduce_dim, reduce2_dim,
+            config.vision.width,
+            config.vision.output_dim,
+            config.decoder.reduce_dim,
+            reduce2_dim,
             config.vision.patch_size,
         )
 
     @staticmethod
-    def default_config(vision: VisionConfig = VisionConfig(), text: TextConfig = TextConfig()) -> CLIPSegConfig:
-        """The paper's setting: block 9, D = 64."""
-        return CLIPSegConfig(vision=vision, text=text, decoder=DecoderConfig(reduce_dim=64, extract_layers=(9,)))
+    def default_config(vision: VisionConfig | None = None, text: TextConfig | None = None) -> CLIPSegConfig:
+        """The paper's setting on CLIP ViT-B/16: block 9, D = 64."""
+        return CLIPSegConfig(
+            vision=vision or VisionConfig(),
+            text=text or TextConfig(),
+            decoder=DecoderConfig(reduce_dim=64, extract_layers=(9,)),
+        )
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write weights, config and tokenizer; `load_baseline` reads them back."""
@@ -123,9 +141,11 @@ class ViTSeg(CLIPSeg):
             self.proj_bias.uniform_(-bound, bound)
 
     @staticmethod
-    def default_config(text: TextConfig = TextConfig()) -> CLIPSegConfig:
+    def default_config(text: TextConfig | None = None) -> CLIPSegConfig:
         """ViT-B/16 at 384 (timm), CLIP's text tower, the paper's decoder (D = 64, blocks 3, 7, 9)."""
-        return CLIPSegConfig(vision=VIT_B16_384, text=text, decoder=DecoderConfig(extract_layers=(3, 7, 9)))
+        return CLIPSegConfig(
+            vision=VIT_B16_384, text=text or TextConfig(), decoder=DecoderConfig(extract_layers=(3, 7, 9))
+        )
 
     @property
     def backbone_size(self) -> int:
@@ -165,14 +185,15 @@ def build_vitseg(
     vit_checkpoint: str | os.PathLike,
     clip: str | os.PathLike,
     *,
-    decoder: DecoderConfig = DecoderConfig(extract_layers=(3, 7, 9)),
+    decoder: DecoderConfig | None = None,
     heads: int | None = None,
     seed: int = 0,
 ) -> ViTSeg:
     """ViTSeg from a timm ViT checkpoint (safetensors or a plain state dict) and CLIP weights (what
     `clipseg.load_model` takes as ``clip=``: OpenAI's ViT-B-16.pt, a transformers CLIP directory or hub id).
 
-    The decoder and the frozen image projection are drawn at random from `seed`."""
+    `decoder` defaults to the paper's (D = 64, blocks 3, 7, 9). The decoder and the frozen image projection are
+    drawn at random from `seed`."""
     from ..checkpoints.io import read_state_dict
     from ..checkpoints.load import _load_clip
     from ..checkpoints.timm_vit import timm_vision_config, timm_vit_to_ours
@@ -183,7 +204,9 @@ def build_vitseg(
         raise ValueError(f"{vit_checkpoint}: keys this ViT cannot hold: {sorted(unsupported)[:8]}")
     clip_state, _, _, text_config, tokenizer = _load_clip(clip)
     vision_config = timm_vision_config(vit_state, heads=heads, output_dim=text_config.output_dim)
-    config = CLIPSegConfig(vision=vision_config, text=text_config, decoder=decoder)
+    config = CLIPSegConfig(
+        vision=vision_config, text=text_config, decoder=decoder or DecoderConfig(extract_layers=(3, 7, 9))
+    )
     torch.manual_seed(seed)
     model = ViTSeg(config, tokenizer=tokenizer)
     text = {k: v for k, v in clip_state.items() if k.startswith("text.")}
