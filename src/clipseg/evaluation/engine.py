@@ -65,6 +65,7 @@ class Example:
     probabilities: np.ndarray
     target: np.ndarray
     caption: str
+    support: np.ndarray | None = None
 
 
 @dataclass
@@ -264,7 +265,15 @@ def collect_examples(
             image = np.asarray(
                 Image.fromarray(image).resize(tuple(query.target.shape)[::-1], Image.Resampling.BILINEAR)
             )
-        examples.append(Example(image, probabilities.numpy(), query.target.numpy().astype(bool), query.caption))
+        support = None
+        if query.support is not None:
+            # The support image with its object mask highlighted (background dimmed).
+            pixels, mask = query.support
+            dim = 0.35 + 0.65 * mask.float().numpy()[..., None]
+            support = (to_uint8_image(pixels, segmenter.mean, segmenter.std) * dim).astype(np.uint8)
+        examples.append(
+            Example(image, probabilities.numpy(), query.target.numpy().astype(bool), query.caption, support)
+        )
     return examples
 
 

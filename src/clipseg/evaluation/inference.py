@@ -107,6 +107,10 @@ def place_mask(mask: np.ndarray, size: int, geometry: Geometry) -> torch.Tensor:
     else:
         target = letterbox_size(height, width, size)
     resized = np.asarray(image.resize((target[1], target[0]), Image.Resampling.NEAREST)) > 127
+    if mask.any() and not resized.any():
+        # An object smaller than one output pixel would vanish (and break visual prompts): keep its centre pixel.
+        rows, columns = np.nonzero(mask)
+        resized[int(rows.mean() * target[0] / height), int(columns.mean() * target[1] / width)] = True
     canvas = np.zeros((size, size), dtype=bool)
     canvas[: target[0], : target[1]] = resized
     return torch.from_numpy(canvas)

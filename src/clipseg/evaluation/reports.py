@@ -226,21 +226,26 @@ def curve_plots(rows: Sequence[Row], directory: Path) -> list[Path]:
 
 
 def qualitative_plot(row: Row, directory: Path) -> Path | None:
-    """A grid of image / prediction / ground truth for a row's examples."""
+    """A grid of (support prompt /) image / prediction / ground truth for a row's examples."""
     from matplotlib.figure import Figure
 
     if not row.examples:
         return None
     count = len(row.examples)
-    figure = Figure(figsize=(7.5, 2.4 * count))
+    with_support = any(example.support is not None for example in row.examples)
+    columns = 4 if with_support else 3
+    figure = Figure(figsize=(2.5 * columns, 2.4 * count))
     for k, example in enumerate(row.examples):
-        panels = (
+        panels = [
             (example.image, None, example.caption),
             (example.probabilities, "magma", "prediction"),
             (example.target, "gray", "ground truth"),
-        )
+        ]
+        if with_support:
+            support = example.support if example.support is not None else np.zeros_like(example.image)
+            panels.insert(0, (support, None, "support (visual prompt)"))
         for column, (data, cmap, title) in enumerate(panels):
-            axis = figure.add_subplot(count, 3, 3 * k + column + 1)
+            axis = figure.add_subplot(count, columns, columns * k + column + 1)
             axis.imshow(data, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None, interpolation="nearest")
             axis.set_title(title, fontsize=8)
             axis.axis("off")
