@@ -12,7 +12,7 @@ from ..cli.common import EXIT_USAGE, CLIError, print_line, run_command, stderr_c
 
 def eval_(
     config: Annotated[
-        Path, typer.Argument(help="Evaluation config, one per paper table (e.g. configs/eval/table5_pascal5i.yaml).")
+        Path, typer.Argument(help="Evaluation config, one per paper table (e.g. configs/eval/table5_pascal5i_oneshot.yaml).")
     ],
     model: Annotated[
         Optional[list[str]],
