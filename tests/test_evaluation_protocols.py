@@ -242,6 +242,10 @@ def test_config_errors_are_one_clear_line(tmp_path):
         make_protocol(config_from_dict({**base, "options": {"prompts": ["audio"]}}))
     with pytest.raises(ValueError, match="dataset: phrasecut needs"):
         make_protocol(config_from_dict({**base, "dataset": {}}))
+    per_fold = config_from_dict({**base, "models": [{"name": "a", "sources": {0: "fold0/model"}}]}).models[0]
+    assert per_fold.source_for("0") == "fold0/model"
+    with pytest.raises(ValueError, match="no source for task '1'"):
+        per_fold.source_for("1")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
