@@ -41,7 +41,11 @@ def random_model(directory: Path) -> Path:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if parameter.ndim > 1:
-                fan_in = parameter.shape[0] if "trans_conv" in name and parameter.shape[0] != parameter.shape[1] else parameter[0].numel()
+                fan_in = (
+                    parameter.shape[0]
+                    if "trans_conv" in name and parameter.shape[0] != parameter.shape[1]
+                    else parameter[0].numel()
+                )
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * math.sqrt(2.0 / fan_in))
             elif name.endswith("bias"):
                 parameter.zero_()
@@ -75,7 +79,22 @@ def main() -> None:
         model_dir = random_model(work / "model")
         formats = [arg for fmt in ("mask", "soft", "heatmap", "overlay", "cutout", "rle") for arg in ("--format", fmt)]
         command = typer.main.get_command(app)
-        command(["segment", str(photo), "-p", PROMPT, "-t", THRESHOLD, "-o", str(work / "out"), "--model", str(model_dir), *formats], standalone_mode=False)
+        command(
+            [
+                "segment",
+                str(photo),
+                "-p",
+                PROMPT,
+                "-t",
+                THRESHOLD,
+                "-o",
+                str(work / "out"),
+                "--model",
+                str(model_dir),
+                *formats,
+            ],
+            standalone_mode=False,
+        )
         out = work / "out"
         font = ImageFont.load_default(size=16)
         panels = [
@@ -90,13 +109,19 @@ def main() -> None:
         columns, gap = 3, 6
         rows = math.ceil(len(tiles) / columns)
         tile_height = max(t.height for t in tiles)
-        caption = (f'clipseg segment coffee.jpg -p "{PROMPT}" -t {THRESHOLD} --format ...   '
-                   "(tiny model with RANDOM weights: shows the formats, not segmentation quality)")
-        figure = Image.new("RGB", (columns * TILE_WIDTH + (columns + 1) * gap, rows * (tile_height + gap) + gap + 30), "white")
+        caption = (
+            f'clipseg segment coffee.jpg -p "{PROMPT}" -t {THRESHOLD} --format ...   '
+            "(tiny model with RANDOM weights: shows the formats, not segmentation quality)"
+        )
+        figure = Image.new(
+            "RGB", (columns * TILE_WIDTH + (columns + 1) * gap, rows * (tile_height + gap) + gap + 30), "white"
+        )
         for index, image in enumerate(tiles):
             row, column = divmod(index, columns)
             figure.paste(image, (gap + column * (TILE_WIDTH + gap), gap + row * (tile_height + gap)))
-        ImageDraw.Draw(figure).text((gap, figure.height - 26), caption, fill=(90, 0, 0), font=ImageFont.load_default(size=13))
+        ImageDraw.Draw(figure).text(
+            (gap, figure.height - 26), caption, fill=(90, 0, 0), font=ImageFont.load_default(size=13)
+        )
         FIGURE.parent.mkdir(parents=True, exist_ok=True)
         figure.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(FIGURE, optimize=True)  # keeps the file small
         print(f"wrote {FIGURE}")

@@ -34,7 +34,11 @@ def tiny_model(seed: int = 0, head: str = "refined") -> clipseg.CLIPSeg:
         for name, parameter in model.named_parameters():
             if parameter.ndim > 1:
                 # ConvTranspose2d weights are (in, out, k, k): their fan-in is the input channels.
-                fan_in = parameter.shape[0] if "trans_conv" in name and parameter.shape[0] != parameter.shape[1] else parameter[0].numel()
+                fan_in = (
+                    parameter.shape[0]
+                    if "trans_conv" in name and parameter.shape[0] != parameter.shape[1]
+                    else parameter[0].numel()
+                )
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * math.sqrt(2.0 / fan_in))
             elif name.endswith("bias"):
                 parameter.zero_()
@@ -53,7 +57,9 @@ def photo(name: str) -> np.ndarray:
     return getattr(data, name)()
 
 
-def save_jpeg(array: np.ndarray, path: Path, orientation: int | None = None, size: tuple[int, int] | None = None) -> Path:
+def save_jpeg(
+    array: np.ndarray, path: Path, orientation: int | None = None, size: tuple[int, int] | None = None
+) -> Path:
     """Write `array` (optionally resized to (width, height)) as JPEG, with an EXIF orientation tag if given."""
     image = Image.fromarray(array)
     if size is not None:

@@ -153,7 +153,9 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch, side):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     path = tmp_path / "bomb.png"
     Image.new("RGB", (side, side)).save(path)
-    with pytest.raises(ImageLoadError, match="bomb.png: image larger than Pillow's decompression-bomb limit of 1,000 pixels"):
+    with pytest.raises(
+        ImageLoadError, match="bomb.png: image larger than Pillow's decompression-bomb limit of 1,000 pixels"
+    ):
         load_image(path)
 
 
@@ -161,8 +163,11 @@ def test_preprocess_matches_the_hub_processor():
     """The hub checkpoints ship a ViTImageProcessor: PIL bilinear resize of the uint8 image, /255, mean/std."""
     transformers = pytest.importorskip("transformers")
     processor = transformers.ViTImageProcessor(
-        do_resize=True, size={"height": 352, "width": 352}, resample=Image.Resampling.BILINEAR,
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+        do_resize=True,
+        size={"height": 352, "width": 352},
+        resample=Image.Resampling.BILINEAR,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
     )
     image = load_image(photo("chelsea"))
     expected = processor(images=image, return_tensors="pt")["pixel_values"][0]

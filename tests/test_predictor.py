@@ -64,7 +64,9 @@ def test_probabilities_are_upsampled_logits_then_sigmoid_at_the_original_size(pr
     assert prediction.probabilities.dtype == torch.float32
     # Against the model's plain forward pass on the preprocessed image.
     with torch.no_grad():
-        pixels = preprocess(load_image(coffee), 352, model.config.image_mean, model.config.image_std)[None].repeat(2, 1, 1, 1)
+        pixels = preprocess(load_image(coffee), 352, model.config.image_mean, model.config.image_std)[None].repeat(
+            2, 1, 1, 1
+        )
         conditional = model.encode_text(model.tokenizer(["a cup", "a spoon"]).ids)
         logits = model(pixels, conditional)
     torch.testing.assert_close(prediction.logits, logits[:, 0], atol=1e-4, rtol=1e-4)
@@ -134,7 +136,12 @@ def test_templates_and_ensembling(predictor, model, coffee):
     torch.testing.assert_close(fixed[0], expected, atol=1e-5, rtol=1e-5)
     # Without ensembling a template is drawn per prompt, reproducibly.
     drawn = predictor.encode_prompts(["cup"], templates="shuffle")
-    assert any(torch.allclose(drawn[0], v) for v in model.encode_text(model.tokenizer(["a photo of a cup.", "a photograph of a cup.", "an image of a cup.", "cup."]).ids))
+    assert any(
+        torch.allclose(drawn[0], v)
+        for v in model.encode_text(
+            model.tokenizer(["a photo of a cup.", "a photograph of a cup.", "an image of a cup.", "cup."]).ids
+        )
+    )
     torch.testing.assert_close(drawn, predictor.encode_prompts(["cup"], templates="shuffle"))
 
 
@@ -181,7 +188,7 @@ def test_predict_batch_equals_one_image_at_a_time_with_one_backbone_call(predict
     batch = predictor.predict_batch(images, ["a cup", "a cat"], negative="a table")
     assert backbone_calls.calls == 1
     assert [p.image_size for p in batch] == [(400, 600), (300, 400), (300, 451)]
-    for image, batched in zip(images, batch):
+    for image, batched in zip(images, batch, strict=True):
         predictor.set_image(image)
         single = predictor.predict(["a cup", "a cat"], negative="a table")
         torch.testing.assert_close(batched.logits, single.logits, atol=1e-4, rtol=1e-4)
@@ -222,11 +229,19 @@ def test_image_prompt_matches_prepare_support_and_averages_examples(predictor, m
     def embedding(img, msk, variant):
         prepared = prepare_support(
             preprocess(load_image(img), 352, config.image_mean, config.image_std),
-            torch.from_numpy(resize_mask(msk, 352)), variant, 352, mean=config.image_mean, std=config.image_std,
+            torch.from_numpy(resize_mask(msk, 352)),
+            variant,
+            352,
+            mean=config.image_mean,
+            std=config.image_std,
         )
         token_mask = None if prepared.token_mask is None else prepared.token_mask[None]
         with torch.no_grad():
-            return model.encode_image(prepared.pixel_values[None], token_mask=token_mask, token_mask_mode=prepared.token_mask_mode or "cls_last")[0]
+            return model.encode_image(
+                prepared.pixel_values[None],
+                token_mask=token_mask,
+                token_mask_mode=prepared.token_mask_mode or "cls_last",
+            )[0]
 
     for variant in ("crop_blur_highlight", "cls_mask_last"):
         ours = predictor.encode_prompts([ImagePrompt(image, mask, variant=variant)])[0]
@@ -245,7 +260,9 @@ def test_image_prompt_segments_and_mixes_with_text(predictor, support, backbone_
     prediction = predictor.predict(["a cup", visual, MixedPrompt("a cup", visual, text_weight=0.3)])
     assert prediction.names == ("a cup", "cup example", "a cup")
     assert backbone_calls.calls == 1  # the support image's CLIP pass does not touch the stored activations
-    text_vector, image_vector, mixed = predictor.encode_prompts(["a cup", visual, MixedPrompt("a cup", visual, text_weight=0.3)])
+    text_vector, image_vector, mixed = predictor.encode_prompts(
+        ["a cup", visual, MixedPrompt("a cup", visual, text_weight=0.3)]
+    )
     torch.testing.assert_close(mixed, 0.3 * text_vector + 0.7 * image_vector)
 
 

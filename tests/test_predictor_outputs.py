@@ -173,7 +173,9 @@ def test_rle_round_trips_through_pycocotools(tmp_path, photo_and_mask):
     entry = outputs.rle_annotation(mask, probabilities, prompt="a cup", threshold=0.4)
     outputs.save_json(entry, tmp_path / "entry.json")
     loaded = json.loads((tmp_path / "entry.json").read_text())
-    decoded = coco_mask.decode({"size": loaded["segmentation"]["size"], "counts": loaded["segmentation"]["counts"].encode()})
+    decoded = coco_mask.decode(
+        {"size": loaded["segmentation"]["size"], "counts": loaded["segmentation"]["counts"].encode()}
+    )
     np.testing.assert_array_equal(decoded.astype(bool), mask)
     assert loaded["area"] == mask.sum() and loaded["bbox"] == [10.0, 5.0, 20.0, 15.0]
     assert loaded["score"] == pytest.approx(0.8)

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 if TYPE_CHECKING:
     import torch
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 MaskInput = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]
 
 # Suffixes the CLI picks up when it walks a folder (explicitly named files are tried whatever their suffix).
@@ -208,7 +208,9 @@ def _array_to_rgb(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ImageLoadError(f"image array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
+        raise ImageLoadError(
+            f"image array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}"
+        )
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageLoadError(f"image array has no pixels (shape {array.shape})")
     if array.dtype.kind not in "biuf":
@@ -232,4 +234,3 @@ def _array_to_mask(array: np.ndarray, name: str) -> np.ndarray:
             return array > 0
         return array >= (128 if array.max() <= 255 else 32768)
     raise ValueError(f"{name}: unsupported mask dtype {array.dtype}")
-

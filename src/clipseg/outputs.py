@@ -30,14 +30,40 @@ JPEG_QUALITY = 92
 OVERLAY_ALPHA = 0.5
 # Perceptually ordered colour stops (dark purple -> yellow) interpolated into a 256-entry heatmap table.
 _HEATMAP_STOPS = np.array(
-    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]],
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
     dtype=np.float64,
 )
 # Distinct colours for prompts (label 1, 2, ...); label 0 (background) is black.
 _LABEL_COLOURS = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200),
-    (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
 ]
 _RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
@@ -70,7 +96,7 @@ def unique_names(texts: Sequence[str], **kwargs: Any) -> list[str]:
         counts[name.lower()] = counts.get(name.lower(), 0) + 1  # case-insensitive file systems
     return [
         f"{name}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}" if counts[name.lower()] > 1 else name
-        for name, text in zip(names, texts)
+        for name, text in zip(names, texts, strict=True)
     ]
 
 
@@ -147,7 +173,11 @@ def heatmap_overlay(image: Image.Image, probabilities: np.ndarray, *, alpha: flo
 
 
 def mask_overlay(
-    image: Image.Image, mask: np.ndarray, *, colour: tuple[int, int, int] = _LABEL_COLOURS[0], alpha: float = OVERLAY_ALPHA
+    image: Image.Image,
+    mask: np.ndarray,
+    *,
+    colour: tuple[int, int, int] = _LABEL_COLOURS[0],
+    alpha: float = OVERLAY_ALPHA,
 ) -> Image.Image:
     """The photo with the mask filled in `colour` at `alpha` and its outline drawn opaque. A soft mask in [0, 1]
     sets the fill's opacity per pixel; its outline is drawn at 0.5."""
@@ -213,7 +243,9 @@ def label_image(labels: np.ndarray, count: int) -> Image.Image:
     return image
 
 
-def label_overlay(image: Image.Image, labels: np.ndarray, names: Sequence[str], *, alpha: float = OVERLAY_ALPHA) -> Image.Image:
+def label_overlay(
+    image: Image.Image, labels: np.ndarray, names: Sequence[str], *, alpha: float = OVERLAY_ALPHA
+) -> Image.Image:
     """The photo with each label's pixels tinted in its colour (background untouched) and a legend in the top-left
     corner listing the colours and prompts that occur."""
     _check_size(image, labels)
@@ -239,7 +271,7 @@ def draw_legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int,
     width = pad * 3 + swatch + max(draw.textbbox((0, 0), text, font=font)[2] for text in texts)
     height = pad + len(entries) * (swatch + pad)
     draw.rectangle((0, 0, width, height), fill=(255, 255, 255))
-    for row, (text, (_, colour)) in enumerate(zip(texts, entries)):
+    for row, (text, (_, colour)) in enumerate(zip(texts, entries, strict=True)):
         top = pad + row * (swatch + pad)
         draw.rectangle((pad, top, pad + swatch, top + swatch), fill=colour, outline=(0, 0, 0))
         draw.text((pad * 2 + swatch, top), text, fill=(0, 0, 0), font=font)

@@ -23,7 +23,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Union
 
 import numpy as np
 import torch
@@ -95,7 +94,7 @@ class ImagePrompt:
         self.name = name
         self.examples: list[tuple[Image.Image, np.ndarray]] = []
         digest = hashlib.sha256(repr(variant).encode())
-        for index, (image_source, mask_source) in enumerate(zip(image_list, mask_list)):
+        for index, (image_source, mask_source) in enumerate(zip(image_list, mask_list, strict=True)):
             image_name = _describe(image_source, f"support image {index + 1}")
             mask_name = _describe(mask_source, f"support mask {index + 1}")
             image = load_image(image_source)
@@ -131,8 +130,8 @@ class MixedPrompt:
             raise ValueError(f"text_weight must lie in [0, 1], got {self.text_weight}")
 
 
-Prompt = Union[str, ImagePrompt, MixedPrompt]
-Templates = Union[str, Sequence[str]]
+Prompt = str | ImagePrompt | MixedPrompt
+Templates = str | Sequence[str]
 
 
 @dataclass
@@ -241,7 +240,9 @@ class Predictor:
         self.model = model.eval()
         self.image_size = image_size or model.config.image_size
         if self.image_size < model.config.vision.patch_size:
-            raise ValueError(f"image_size {self.image_size} is smaller than one {model.config.vision.patch_size}px patch")
+            raise ValueError(
+                f"image_size {self.image_size} is smaller than one {model.config.vision.patch_size}px patch"
+            )
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._features: list[torch.Tensor] | None = None
@@ -300,7 +301,9 @@ class Predictor:
         if not positive:
             raise ValueError("predict needs at least one prompt")
         with torch.inference_mode():
-            conditionals = self.encode_prompts([*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed)
+            conditionals = self.encode_prompts(
+                [*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed
+            )
             logits = self._decode(self._features, conditionals, torch.zeros(len(conditionals), dtype=torch.long))
         return Prediction(
             tuple(_name(p) for p in positive), logits[: len(positive)], logits[len(positive) :], self._original_size
@@ -325,7 +328,9 @@ class Predictor:
             return []
         rgb_images = [load_image(image) for image in images]
         with torch.inference_mode():
-            conditionals = self.encode_prompts([*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed)
+            conditionals = self.encode_prompts(
+                [*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed
+            )
             pixels = torch.stack([self._preprocess(image) for image in rgb_images])
             features = self.model.extract_features(pixels)
             count = len(conditionals)
@@ -335,7 +340,9 @@ class Predictor:
         predictions = []
         for index, image in enumerate(rgb_images):
             own = logits[index * count : (index + 1) * count]
-            predictions.append(Prediction(names, own[: len(positive)], own[len(positive) :], (image.height, image.width)))
+            predictions.append(
+                Prediction(names, own[: len(positive)], own[len(positive) :], (image.height, image.width))
+            )
         return predictions
 
     def encode_prompts(
@@ -361,7 +368,9 @@ class Predictor:
                     vectors.append(self._image_vector(prompt))
                 elif isinstance(prompt, MixedPrompt):
                     text = self._text_vector(prompt.text, chosen[prompt.text])
-                    vectors.append(prompt.text_weight * text + (1 - prompt.text_weight) * self._image_vector(prompt.image))
+                    vectors.append(
+                        prompt.text_weight * text + (1 - prompt.text_weight) * self._image_vector(prompt.image)
+                    )
                 else:
                     raise TypeError(f"a prompt is a str, ImagePrompt or MixedPrompt, got {type(prompt).__name__}")
             return torch.stack(vectors)
@@ -392,10 +401,12 @@ class Predictor:
         for start in range(0, len(missing), TEXT_CHUNK):
             chunk = missing[start : start + TEXT_CHUNK]
             tokens = tokenizer(chunk, context_length=context)
-            for text, ids in zip(chunk, tokens.ids):
+            for text, ids in zip(chunk, tokens.ids, strict=True):
                 if ids[-1] != 0 and len(tokenizer.encode(text)) + 2 > context:
-                    warnings.warn(f"prompt {_shorten(text)!r} is longer than {context} tokens; the rest is ignored", stacklevel=5)
-            for text, vector in zip(chunk, self.model.encode_text(tokens.ids)):
+                    warnings.warn(
+                        f"prompt {_shorten(text)!r} is longer than {context} tokens; the rest is ignored", stacklevel=5
+                    )
+            for text, vector in zip(chunk, self.model.encode_text(tokens.ids), strict=True):
                 self._remember(("text", text), vector)
 
     def _image_vector(self, prompt: ImagePrompt) -> torch.Tensor:
@@ -408,7 +419,9 @@ class Predictor:
             pixels = preprocess(image, self.image_size, config.image_mean, config.image_std)
             coverage = torch.from_numpy(resize_mask(mask, self.image_size))
             supports.append(
-                prepare_support(pixels, coverage, prompt.variant, self.image_size, mean=config.image_mean, std=config.image_std)
+                prepare_support(
+                    pixels, coverage, prompt.variant, self.image_size, mean=config.image_mean, std=config.image_std
+                )
             )
         pixel_values = torch.stack([support.pixel_values for support in supports])
         mode = supports[0].token_mask_mode
@@ -417,14 +430,19 @@ class Predictor:
         self._remember(key, embeddings.mean(dim=0))
         return self._recall(key)
 
-    def _decode(self, features: list[torch.Tensor], conditionals: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+    def _decode(
+        self, features: list[torch.Tensor], conditionals: torch.Tensor, image_index: torch.Tensor
+    ) -> torch.Tensor:
         """Logits (N, h, w) on the CPU for N conditionals, conditional n read against image `image_index[n]`."""
         size = (self.image_size, self.image_size)
         outputs = []
         for start in range(0, len(conditionals), DECODE_CHUNK):
             stop = start + DECODE_CHUNK
             logits = self.model.decode(
-                features, conditionals[start:stop], output_size=size, image_index=image_index[start:stop].to(self.device)
+                features,
+                conditionals[start:stop],
+                output_size=size,
+                image_index=image_index[start:stop].to(self.device),
             )
             outputs.append(logits[:, 0].float().cpu())
         return torch.cat(outputs)

@@ -9,7 +9,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
@@ -114,17 +114,32 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise CLIError(f"--extract-layers {text!r}: expected comma-separated block numbers such as 3,7,9", EXIT_USAGE) from None
+        raise CLIError(
+            f"--extract-layers {text!r}: expected comma-separated block numbers such as 3,7,9", EXIT_USAGE
+        ) from None
 
 
-def load_model_or_fail(source: str, *, device: str = "cpu", clip: str | None = None, extract_layers: str | None = None) -> CLIPSeg:
+def load_model_or_fail(
+    source: str,
+    *,
+    device: str = "cpu",
+    clip: str | None = None,
+    extract_layers: str | None = None,
+    console: Console | None = None,
+) -> CLIPSeg:
     """`clipseg.load_model` with every loading problem (missing file, offline and not cached, corrupt weights)
-    turned into a one-line CLIError."""
+    turned into a one-line CLIError. On a terminal `console` a spinner shows while the weights load."""
     from ..checkpoints.io import CheckpointError
     from ..checkpoints.load import load_model
 
     layers = parse_layers(extract_layers)
+    status = (
+        console.status(f"loading model {source}", spinner="dots")
+        if console is not None and console.is_terminal
+        else nullcontext()
+    )
     try:
-        return load_model(source, device=device, clip=clip, extract_layers=layers)
+        with status:
+            return load_model(source, device=device, clip=clip, extract_layers=layers)
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
         raise CLIError(one_line(error)) from None

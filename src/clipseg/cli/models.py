@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,9 +12,11 @@ from .common import EXIT_USAGE, CLIError, load_model_or_fail, print_line, run_co
 
 def info(
     model: Annotated[str, typer.Argument(help="Hub id, local checkpoint folder, or original .pth decoder file.")],
-    clip: Annotated[Optional[str], typer.Option(help="CLIP weights for an original .pth decoder file.")] = None,
-    extract_layers: Annotated[Optional[str], typer.Option("--extract-layers", help="Override the CLIP blocks, e.g. 3,7,9.")] = None,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    clip: Annotated[str | None, typer.Option(help="CLIP weights for an original .pth decoder file.")] = None,
+    extract_layers: Annotated[
+        str | None, typer.Option("--extract-layers", help="Override the CLIP blocks, e.g. 3,7,9.")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Show a model's architecture, preprocessing and parameter counts."""
 
@@ -32,15 +34,25 @@ def info(
         table.add_column()
         table.add_column()
         rows = [
-            ("vision", f"ViT width {vision.width}, {vision.layers} layers, {vision.heads} heads, patch {vision.patch_size}, "
-                       f"trained at {vision.image_size}px"),
-            ("text", f"width {text.width}, {text.layers} layers, {text.heads} heads, context {text.context_length}, "
-                     f"vocabulary {text.vocab_size}"),
+            (
+                "vision",
+                f"ViT width {vision.width}, {vision.layers} layers, {vision.heads} heads, patch {vision.patch_size}, "
+                f"trained at {vision.image_size}px",
+            ),
+            (
+                "text",
+                f"width {text.width}, {text.layers} layers, {text.heads} heads, context {text.context_length}, "
+                f"vocabulary {text.vocab_size}",
+            ),
             ("conditional vector", f"{vision.output_dim}-d"),
-            ("decoder", f"reduce_dim {decoder.reduce_dim}, {decoder.heads} heads, {decoder.head} head, "
-                        f"FiLM at step {decoder.cond_layer}"),
+            (
+                "decoder",
+                f"reduce_dim {decoder.reduce_dim}, {decoder.heads} heads, {decoder.head} head, "
+                f"FiLM at step {decoder.cond_layer}",
+            ),
             ("extract layers", ", ".join(str(layer) for layer in decoder.extract_layers)),
-            ("input", f"{config.image_size}x{config.image_size}, mean {tuple(config.image_mean)}, std {tuple(config.image_std)}"),
+            ("input", f"{config.image_size}x{config.image_size}"),
+            ("normalisation", f"mean {tuple(config.image_mean)}, std {tuple(config.image_std)}"),
             ("parameters", f"{total:,} ({trainable:,} in the decoder)"),
         ]
         for name, value in rows:
@@ -53,10 +65,12 @@ def info(
 def convert(
     source: Annotated[str, typer.Argument(help="Hub id, transformers folder, or original .pth decoder file.")],
     destination: Annotated[Path, typer.Argument(help="Folder to write (safetensors + config + tokenizer files).")],
-    clip: Annotated[Optional[str], typer.Option(help="CLIP weights for an original .pth decoder file.")] = None,
-    extract_layers: Annotated[Optional[str], typer.Option("--extract-layers", help="CLIP blocks the decoder reads, e.g. 3,7,9.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Write into a folder that is not empty.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    clip: Annotated[str | None, typer.Option(help="CLIP weights for an original .pth decoder file.")] = None,
+    extract_layers: Annotated[
+        str | None, typer.Option("--extract-layers", help="CLIP blocks the decoder reads, e.g. 3,7,9.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Convert any checkpoint `load_model` reads into this package's own format (loadable with --model DST)."""
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -35,8 +35,10 @@ from .common import (
 if TYPE_CHECKING:
     from PIL import Image
     from rich.console import Console
+    from rich.progress import Progress
 
-    from ..predictor import Prediction, Predictor, Prompt
+    from ..postprocess import MaskOptions
+    from ..predictor import ImagePrompt, Prediction, Predictor, Prompt
 
 
 class OutputFormat(str, Enum):
@@ -76,29 +78,66 @@ MAX_LISTED_FAILURES = 50
 
 # Options shared by both commands.
 ModelOption = Annotated[
-    str, typer.Option("--model", "-m", help="Hub id, local checkpoint folder, or original .pth decoder file (with --clip).")
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hub id, local checkpoint folder, or original .pth decoder file (with --clip).",
+        rich_help_panel="Model",
+    ),
 ]
-ClipOption = Annotated[Optional[str], typer.Option(help="CLIP weights for an original .pth decoder file.")]
+ClipOption = Annotated[
+    str | None, typer.Option(help="CLIP weights for an original .pth decoder file.", rich_help_panel="Model")
+]
 LayersOption = Annotated[
-    Optional[str], typer.Option("--extract-layers", help="Override the CLIP blocks the decoder reads, e.g. 3,7,9.")
+    str | None,
+    typer.Option(
+        "--extract-layers", help="Override the CLIP blocks the decoder reads, e.g. 3,7,9.", rich_help_panel="Model"
+    ),
 ]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-BatchOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per backbone call.")]
-OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if missing).", show_default=False)]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Model")]
+BatchOption = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Images per backbone call.", rich_help_panel="Model")
+]
+OutputOption = Annotated[
+    Path, typer.Option("--output", "-o", help="Output folder (created if missing).", show_default=False)
+]
 InputsArgument = Annotated[
-    list[Path], typer.Argument(help="Image files and folders (searched recursively).", metavar="IMAGES_OR_DIRS...", show_default=False)
+    list[Path],
+    typer.Argument(
+        help="Image files and folders (searched recursively).", metavar="IMAGES_OR_DIRS", show_default=False
+    ),
 ]
-PromptOption = Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Text prompt; repeat for several.", show_default=False)]
+PromptOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt", "-p", help="Text prompt; repeat for several.", show_default=False, rich_help_panel="Prompts"
+    ),
+]
 NegativeOption = Annotated[
-    Optional[list[str]], typer.Option("--negative", "-n", help="Remove regions matching this text; repeatable.", show_default=False)
+    list[str] | None,
+    typer.Option(
+        "--negative",
+        "-n",
+        help="Remove regions matching this text; repeatable.",
+        show_default=False,
+        rich_help_panel="Prompts",
+    ),
 ]
-TemplatesOption = Annotated[TemplateSet, typer.Option(help="Text prompt templates from the paper.")]
-EnsembleOption = Annotated[bool, typer.Option(help="Average the prompt over all templates of the set.")]
-OverwriteOption = Annotated[bool, typer.Option(help="Redo images whose outputs exist (default: skip them).")]
+TemplatesOption = Annotated[
+    TemplateSet, typer.Option(help="Text prompt templates from the paper.", rich_help_panel="Prompts")
+]
+EnsembleOption = Annotated[
+    bool,
+    typer.Option("--ensemble", help="Average the prompt over all templates of the set.", rich_help_panel="Prompts"),
+]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Redo images whose outputs exist (default: skip them).")
+]
 MaxPixelsOption = Annotated[
-    Optional[int], typer.Option(help="Refuse images with more pixels (Pillow's decompression-bomb limit); 0 = no limit.")
+    int | None, typer.Option(help="Refuse images with more pixels (Pillow's decompression-bomb limit); 0 = no limit.")
 ]
-DebugOption = Annotated[bool, typer.Option(help="Show tracebacks.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
 @dataclass
@@ -108,7 +147,7 @@ class Job:
     source: Path
     stem: Path  # output folder / sanitised image name, without suffix
     # (kind, prompt index or None for one file per image) -> path
-    files: dict[tuple[str, Optional[int]], Path] = field(default_factory=dict)
+    files: dict[tuple[str, int | None], Path] = field(default_factory=dict)
 
     def path(self, output: Path, suffix: str) -> Path:
         return output / self.stem.with_name(self.stem.name + suffix)
@@ -132,31 +171,71 @@ def segment(
     prompt: PromptOption = None,
     negative: NegativeOption = None,
     support: Annotated[
-        Optional[list[Path]], typer.Option(help="Support image of an image prompt; repeat for several examples.", show_default=False)
+        list[Path] | None,
+        typer.Option(
+            help="Support image of an image prompt; repeat for several examples.",
+            show_default=False,
+            rich_help_panel="Prompts",
+        ),
     ] = None,
     support_mask: Annotated[
-        Optional[list[Path]], typer.Option(help="Object mask of each --support image (same size).", show_default=False)
+        list[Path] | None,
+        typer.Option(
+            help="Object mask of each --support image (same size).", show_default=False, rich_help_panel="Prompts"
+        ),
     ] = None,
-    support_name: Annotated[str, typer.Option(help="Name of the image prompt in output file names.")] = "support",
+    support_name: Annotated[
+        str, typer.Option(help="Name of the image prompt in output file names.", rich_help_panel="Prompts")
+    ] = "support",
     visual_prompt: Annotated[
-        str, typer.Option(help="Visual prompt engineering variant (paper Table 2), e.g. crop_blur_highlight, cls_mask_last.")
+        str,
+        typer.Option(
+            help="Visual prompt engineering variant (paper Table 2), e.g. crop_blur_highlight, cls_mask_last.",
+            rich_help_panel="Prompts",
+        ),
     ] = "crop_blur_highlight",
     mix: Annotated[
-        Optional[float],
-        typer.Option(min=0.0, max=1.0, help="Combine each text prompt with the image prompt; weight of the text."),
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Combine each text prompt with the image prompt; weight of the text.",
+            rich_help_panel="Prompts",
+        ),
     ] = None,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
-    threshold: Annotated[float, typer.Option("--threshold", "-t", min=0.0, max=1.0, help="Probability for a mask pixel.")] = 0.4,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold", "-t", min=0.0, max=1.0, help="Probability for a mask pixel.", rich_help_panel="Masks"
+        ),
+    ] = 0.4,
     output_format: Annotated[
-        Optional[list[OutputFormat]], typer.Option("--format", "-f", help="Output kind; repeat for several. [default: mask]")
+        list[OutputFormat] | None,
+        typer.Option(
+            "--format", "-f", help="Output kind; repeat for several. [default: mask]", rich_help_panel="Masks"
+        ),
     ] = None,
-    union: Annotated[bool, typer.Option(help="One output per image for the union of all prompts.")] = False,
-    min_area: Annotated[int, typer.Option(min=0, help="Drop mask components smaller than this many pixels.")] = 0,
-    dilate: Annotated[float, typer.Option(min=0.0, help="Grow masks by this many pixels.")] = 0.0,
-    erode: Annotated[float, typer.Option(min=0.0, help="Shrink masks by this many pixels (after --dilate).")] = 0.0,
-    invert: Annotated[bool, typer.Option(help="Output the background instead of the object.")] = False,
-    feather: Annotated[float, typer.Option(min=0.0, help="Soften mask edges (Gaussian sigma in pixels).")] = 0.0,
+    union: Annotated[
+        bool,
+        typer.Option("--union", help="One output per image for the union of all prompts.", rich_help_panel="Masks"),
+    ] = False,
+    min_area: Annotated[
+        int, typer.Option(min=0, help="Drop mask components smaller than this many pixels.", rich_help_panel="Masks")
+    ] = 0,
+    dilate: Annotated[
+        float, typer.Option(min=0.0, help="Grow masks by this many pixels.", rich_help_panel="Masks")
+    ] = 0.0,
+    erode: Annotated[
+        float, typer.Option(min=0.0, help="Shrink masks by this many pixels (after --dilate).", rich_help_panel="Masks")
+    ] = 0.0,
+    invert: Annotated[
+        bool, typer.Option("--invert", help="Output the background instead of the object.", rich_help_panel="Masks")
+    ] = False,
+    feather: Annotated[
+        float, typer.Option(min=0.0, help="Soften mask edges (Gaussian sigma in pixels).", rich_help_panel="Masks")
+    ] = 0.0,
     model: ModelOption = DEFAULT_MODEL,
     clip: ClipOption = None,
     extract_layers: LayersOption = None,
@@ -178,7 +257,9 @@ def segment(
         texts = _texts(prompt, "--prompt")
         negatives = _texts(negative, "--negative")
         try:
-            options = MaskOptions(threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather)
+            options = MaskOptions(
+                threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather
+            )
         except ValueError as error:
             raise CLIError(one_line(error), EXIT_USAGE) from None
         _limit_pixels(max_pixels)
@@ -201,9 +282,22 @@ def segment(
             return _write_segmentation(job, image, prediction, formats, options, union, entry_names, overwrite)
 
         summary = _run(
-            jobs, failures, output, console, prompts=prompts, negatives=negatives, write=write, model=model, clip=clip,
-            extract_layers=extract_layers, device=device, batch_size=batch_size, overwrite=overwrite,
-            predict_options={"templates": templates.value, "ensemble": ensemble}, debug=debug, command="segment",
+            jobs,
+            failures,
+            output,
+            console,
+            prompts=prompts,
+            negatives=negatives,
+            write=write,
+            model=model,
+            clip=clip,
+            extract_layers=extract_layers,
+            device=device,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            predict_options={"templates": templates.value, "ensemble": ensemble},
+            debug=debug,
+            command="segment",
         )
         return _finish(summary, output, "segment")
 
@@ -219,7 +313,9 @@ def labels(
     negative: NegativeOption = None,
     background_threshold: Annotated[
         float,
-        typer.Option("--background-threshold", "-t", min=0.0, max=1.0, help="Pixels where no prompt reaches this are background."),
+        typer.Option(
+            "--background-threshold", "-t", min=0.0, max=1.0, help="Pixels where no prompt reaches this are background."
+        ),
     ] = 0.4,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
@@ -253,7 +349,10 @@ def labels(
         console = stderr_console()
         jobs, failures = plan_jobs(inputs, output, console)
         for job in jobs:
-            job.files = {("labels", None): job.path(output, LABEL_SUFFIX), ("overlay", None): job.path(output, LABEL_OVERLAY_SUFFIX)}
+            job.files = {
+                ("labels", None): job.path(output, LABEL_SUFFIX),
+                ("overlay", None): job.path(output, LABEL_OVERLAY_SUFFIX),
+            }
         colours = label_colours(len(texts))
         legend = {
             "background_threshold": background_threshold,
@@ -269,9 +368,22 @@ def labels(
         _prepare_output(output)
         save_json(legend, output / LEGEND_NAME)  # rewritten each run: cheap, and always matches the prompts
         summary = _run(
-            jobs, failures, output, console, prompts=texts, negatives=negatives, write=write, model=model, clip=clip,
-            extract_layers=extract_layers, device=device, batch_size=batch_size, overwrite=overwrite,
-            predict_options={"templates": templates.value, "ensemble": ensemble}, debug=debug, command="labels",
+            jobs,
+            failures,
+            output,
+            console,
+            prompts=texts,
+            negatives=negatives,
+            write=write,
+            model=model,
+            clip=clip,
+            extract_layers=extract_layers,
+            device=device,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            predict_options={"templates": templates.value, "ensemble": ensemble},
+            debug=debug,
+            command="labels",
         )
         return _finish(summary, output, "labels")
 
@@ -292,7 +404,10 @@ def plan_jobs(arguments: Sequence[Path], output: Path, console: Console) -> tupl
     output_resolved = output.resolve()
     for argument in arguments:
         if argument.is_dir():
-            sources = [(path, path.relative_to(argument).parent.parts) for path in _walk(argument, output_resolved, IMAGE_SUFFIXES)]
+            sources = [
+                (path, path.relative_to(argument).parent.parts)
+                for path in _walk(argument, output_resolved, IMAGE_SUFFIXES)
+            ]
             if not sources:
                 print_line(console, f"warning: {argument}: no image files found")
         elif argument.exists():
@@ -316,11 +431,13 @@ def plan_jobs(arguments: Sequence[Path], output: Path, console: Console) -> tupl
         counts: dict[str, int] = {}
         for stem in stems:
             counts[str(stem).lower()] = counts.get(str(stem).lower(), 0) + 1
-        for index, ((path, folders), stem) in enumerate(zip(found, stems)):
+        for index, ((path, folders), stem) in enumerate(zip(found, stems, strict=True)):
             if counts[str(stem).lower()] > 1:
                 extra = f"_{path.suffix.lstrip('.')}" if attempt == "suffix" else f"-{_digest(str(path.resolve()))}"
-                stems[index] = stem.with_name(stem.name + extra) if attempt == "hash" else stem_for(path, folders, extra)
-    return [Job(path, stem) for (path, _), stem in zip(found, stems)], failures
+                stems[index] = (
+                    stem.with_name(stem.name + extra) if attempt == "hash" else stem_for(path, folders, extra)
+                )
+    return [Job(path, stem) for (path, _), stem in zip(found, stems, strict=True)], failures
 
 
 def _walk(root: Path, skip: Path, suffixes: frozenset[str]) -> Iterator[Path]:
@@ -364,7 +481,10 @@ def _run(
         return summary
     from ..predictor import Predictor
 
-    predictor = Predictor(load_model_or_fail(model, device=resolve_device(device), clip=clip, extract_layers=extract_layers))
+    loaded = load_model_or_fail(
+        model, device=resolve_device(device), clip=clip, extract_layers=extract_layers, console=console
+    )
+    predictor = Predictor(loaded)
     try:
         with _progress(console) as progress:
             task = progress.add_task("segmenting", total=len(todo))
@@ -394,7 +514,11 @@ def _run_batch(
     from ..image import load_image
 
     def fail(job: Job, error: BaseException) -> None:
-        reason = one_line(error) if isinstance(error, (OSError, ValueError)) else f"{type(error).__name__}: {one_line(error)}"
+        reason = (
+            one_line(error)
+            if isinstance(error, (OSError, ValueError))
+            else f"{type(error).__name__}: {one_line(error)}"
+        )
         reason = reason if str(job.source) in reason else f"{job.source}: {reason}"
         summary.failures.append((str(job.source), reason.removeprefix(f"{job.source}: ")))
         print_line(console, f"error: {reason}")
@@ -410,12 +534,14 @@ def _run_batch(
     if not loaded:
         return
     try:
-        predictions = predictor.predict_batch([image for _, image in loaded], list(prompts), negative=list(negatives), **predict_options)
+        predictions = predictor.predict_batch(
+            [image for _, image in loaded], list(prompts), negative=list(negatives), **predict_options
+        )
     except Exception as error:
         for job, _ in loaded:
             fail(job, error)
         return
-    for (job, image), prediction in zip(loaded, predictions):
+    for (job, image), prediction in zip(loaded, predictions, strict=True):
         try:
             summary.files_written += write(job, image, prediction)
             summary.segmented += 1
@@ -428,7 +554,7 @@ def _write_segmentation(
     image: Image.Image,
     prediction: Prediction,
     formats: list[OutputFormat],
-    options,
+    options: MaskOptions,
     union: bool,
     entry_names: list[str],
     overwrite: bool,
@@ -481,7 +607,9 @@ def _write_segmentation(
     return written
 
 
-def _write_labels(job: Job, image: Image.Image, prediction: Prediction, background_threshold: float, overwrite: bool) -> int:
+def _write_labels(
+    job: Job, image: Image.Image, prediction: Prediction, background_threshold: float, overwrite: bool
+) -> int:
     from ..outputs import label_image, label_overlay, save_image
 
     label_path, overlay_path = job.files[("labels", None)], job.files[("overlay", None)]
@@ -497,7 +625,7 @@ def _write_labels(job: Job, image: Image.Image, prediction: Prediction, backgrou
     return written
 
 
-def _texts(values: Optional[list[str]], option: str) -> list[str]:
+def _texts(values: list[str] | None, option: str) -> list[str]:
     texts = []
     for value in values or []:
         if not value.strip():
@@ -506,13 +634,12 @@ def _texts(values: Optional[list[str]], option: str) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def _image_prompt(
-    supports: Optional[list[Path]], masks: Optional[list[Path]], name: str, variant: str
-):
+def _image_prompt(supports: list[Path] | None, masks: list[Path] | None, name: str, variant: str) -> ImagePrompt | None:
     supports, masks = supports or [], masks or []
     if len(supports) != len(masks):
         raise CLIError(
-            f"{len(supports)} --support image(s) but {len(masks)} --support-mask(s): give one mask per support image", EXIT_USAGE
+            f"{len(supports)} --support image(s) but {len(masks)} --support-mask(s): give one mask per support image",
+            EXIT_USAGE,
         )
     if not supports:
         return None
@@ -524,9 +651,12 @@ def _image_prompt(
         raise CLIError(one_line(error), EXIT_USAGE) from None
 
 
-def _combine(texts: list[str], image_prompt, mix: Optional[float]) -> tuple[list, list[str]]:
+def _combine(texts: list[str], image_prompt: ImagePrompt | None, mix: float | None) -> tuple[list[Prompt], list[str]]:
+    """The prompts to run and their names: texts, then the image prompt; or with --mix each text mixed with it."""
     if not texts and image_prompt is None:
-        raise CLIError("nothing to segment: give a text prompt (-p 'a cup') or --support IMG --support-mask MASK", EXIT_USAGE)
+        raise CLIError(
+            "nothing to segment: give a text prompt (-p 'a cup') or --support IMG --support-mask MASK", EXIT_USAGE
+        )
     if mix is not None:
         if image_prompt is None or not texts:
             raise CLIError("--mix combines text prompts with an image prompt: give both -p and --support", EXIT_USAGE)
@@ -557,15 +687,22 @@ def _prepare_output(output: Path) -> None:
     remove_stale_temporaries(output)
 
 
-def _limit_pixels(max_pixels: Optional[int]) -> None:
+def _limit_pixels(max_pixels: int | None) -> None:
     if max_pixels is not None:
         from PIL import Image
 
         Image.MAX_IMAGE_PIXELS = max_pixels or None
 
 
-def _progress(console: Console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def _progress(console: Console) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("{task.description}", markup=False),
