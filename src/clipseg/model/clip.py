@@ -50,7 +50,8 @@ class VisionTransformer(nn.Module):
             return table
         if table.requires_grad and torch.is_grad_enabled():
             return self._resample_positions(grid)
-        key = (grid, table.device, table.dtype, table.data_ptr(), table._version)
+        version = 0 if table.is_inference() else table._version  # inference tensors keep no version counter
+        key = (grid, table.device, table.dtype, table.data_ptr(), version)
         cached = self._position_cache.get(key)
         if cached is None:
             if len(self._position_cache) >= _POSITION_CACHE_SIZE:
