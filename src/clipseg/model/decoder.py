@@ -9,18 +9,35 @@ from .config import CLIPSegConfig
 from .transformer import DecoderBlock
 
 
+class PatchConvTranspose2d(nn.ConvTranspose2d):
+    """`nn.ConvTranspose2d(in, out, k, stride=k)`: every input pixel paints its own k x k output patch, so the
+    layer is one matrix product and a reshape (several times faster on CPU than the generic kernel; same
+    parameters, same result up to float rounding)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, rows, cols = x.shape
+        k, out = self.kernel_size[0], self.out_channels
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)
+        patches = torch.addmm(self.bias.repeat_interleave(k * k), pixels, self.weight.reshape(channels, -1))
+        patches = patches.view(batch, rows, cols, out, k, k).permute(0, 3, 1, 4, 2, 5)
+        return patches.reshape(batch, out, rows * k, cols * k)
+
+
 def make_head(reduce_dim: int, patch_size: int, kind: str) -> nn.Module:
     """Tokens (B, D, rows, cols) -> logits (B, 1, rows*patch, cols*patch)."""
     if kind == "simple":
-        return nn.ConvTranspose2d(reduce_dim, 1, patch_size, stride=patch_size)
+        return PatchConvTranspose2d(reduce_dim, 1, patch_size)
     if kind == "refined":
         step = patch_size // 4
         return nn.Sequential(
             nn.Conv2d(reduce_dim, reduce_dim, 3, padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(reduce_dim, reduce_dim // 2, step, stride=step),
+            PatchConvTranspose2d(reduce_dim, reduce_dim // 2, step),
             nn.ReLU(),
-            nn.ConvTranspose2d(reduce_dim // 2, 1, step, stride=step),
+            PatchConvTranspose2d(reduce_dim // 2, 1, step),
         )
     raise ValueError(f"unknown decoder head {kind!r} (simple or refined)")
 
