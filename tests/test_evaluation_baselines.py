@@ -14,8 +14,8 @@ from clipseg.checkpoints.timm_vit import (
     timm_vision_config,
     timm_vit_to_ours,
 )
-from clipseg.evaluation.inference import load_eval_model
-from clipseg.model.baselines import CLIPDeconv, ViTSeg, build_vitseg, load_baseline
+from clipseg import load_model
+from clipseg.model.baselines import CLIPDeconv, ViTSeg, build_vitseg
 from clipseg.model.clip import VisionTransformer
 from clipseg.model.config import CLIPSegConfig, DecoderConfig, TextConfig
 from clipseg.testing import TINY_CONFIG, perturb_
@@ -173,7 +173,7 @@ def test_vitseg_from_timm_and_clip_files(tmp_path):
         logits = model(pixels, model.encode_text(ids))
     assert logits.shape == (2, 1, 40, 40)
     directory = model.save_pretrained(tmp_path / "vitseg")
-    loaded = load_eval_model(str(directory))
+    loaded = load_model(str(directory))
     assert isinstance(loaded, ViTSeg)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixels, loaded.encode_text(ids)), logits)
@@ -198,7 +198,7 @@ def test_baselines_train_only_their_decoder(tmp_path):
             if key in frozen:
                 assert torch.equal(value, frozen[key]), key
         directory = model.save_pretrained(tmp_path / type(model).__name__)
-        reloaded = load_baseline(directory)
+        reloaded = load_model(directory)
         assert type(reloaded) is type(model)
         for key, value in model.state_dict().items():
             assert torch.equal(reloaded.state_dict()[key], value), key

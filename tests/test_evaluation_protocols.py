@@ -13,6 +13,7 @@ import pytest
 import torch
 from evaluation_fixtures import IMAGE_SIZE, benchmarks, single_thread, tiny_model_dir  # noqa: F401 (fixtures)
 
+from clipseg import load_model
 from clipseg.evaluation.config import config_from_dict, load_config
 from clipseg.evaluation.inference import (
     Placement,
@@ -179,9 +180,8 @@ def test_zero_shot_argmax_weights_the_background_prompt(benchmarks, tiny_model_d
         return values.repeat(len(images))[:, None, None].expand(-1, IMAGE_SIZE, IMAGE_SIZE).clone()
 
     monkeypatch.setattr(Segmenter, "probabilities", fixed)
-    from clipseg.evaluation.inference import load_eval_model
 
-    segmenter = Segmenter(load_eval_model(str(tiny_model_dir)), image_size=IMAGE_SIZE)
+    segmenter = Segmenter(load_model(str(tiny_model_dir)), image_size=IMAGE_SIZE)
     image_id = zero_shot.voc.image_ids[0]
     counts = zero_shot._confusion(segmenter, [image_id], zero_shot.options)[0]
     assert counts[:, 0].sum() == counts.sum()  # everything predicted background

@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..model.clipseg import CONFIG_FORMAT, CONFIG_NAME, CLIPSeg
-from ..model.config import CLIPSegConfig, TextConfig, VisionConfig
+from ..model.baselines import CLIPDeconv, ViTSeg
+from ..model.clipseg import CONFIG_NAME, CLIPSeg
+from ..model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
 from ..tokenizer import CLIPTokenizer
 from . import convert
 from .io import CheckpointError, read_state_dict
 from .pretrained import DEFAULT_CLIP, HUB_FILE_PATTERNS, HUB_MODELS, ORIGINAL_EXTRACT_LAYERS
+
+# config.json "format" of the directories `save_pretrained` writes -> the class that reads them.
+SAVED_FORMATS: dict[str, type[CLIPSeg]] = {cls.config_format: cls for cls in (CLIPSeg, CLIPDeconv, ViTSeg)}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -112,10 +116,17 @@ def _tokenizer_for(directory: Path) -> CLIPTokenizer | None:
 def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> CLIPSeg:
     config_json = _read_json(directory / CONFIG_NAME)
     state, weights_file = _read_directory_weights(directory)
-    if config_json.get("format") == CONFIG_FORMAT:
-        config = CLIPSegConfig.from_dict({k: v for k, v in config_json.items() if k != "format"})
-        converted, unused = state, []
-    elif config_json.get("model_type") == "clipseg":
+    tokenizer = _tokenizer_for(directory)
+    saved_format = config_json.get("format")
+    if saved_format in SAVED_FORMATS:
+        saved = {k: v for k, v in config_json.items() if k != "format"}
+        if extract_layers is not None:
+            decoder = saved.get("decoder", {})
+            _check_layer_count(extract_layers, decoder.get("extract_layers", DecoderConfig.extract_layers), directory)
+            saved["decoder"] = {**decoder, "extract_layers": list(extract_layers)}
+        model_class = SAVED_FORMATS[saved_format]
+        return _build(lambda: model_class.from_saved_config(saved, tokenizer), state, weights_file)
+    if config_json.get("model_type") == "clipseg":
         preprocessor_path = directory / "preprocessor_config.json"
         preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else None
         config = convert.hf_clipseg_config_to_ours(config_json, preprocessor, str(directory))
@@ -130,13 +141,19 @@ def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> 
             "(expected a CLIPSeg checkpoint)"
         )
     if extract_layers is not None:
-        if len(extract_layers) != len(config.decoder.extract_layers):
-            raise ValueError(
-                f"extract_layers={extract_layers} names {len(extract_layers)} CLIP blocks but the decoder of "
-                f"{directory} reads {len(config.decoder.extract_layers)}"
-            )
+        _check_layer_count(extract_layers, config.decoder.extract_layers, directory)
         config = config.replace(extract_layers=extract_layers)
-    return _build(config, converted, unused, _tokenizer_for(directory), weights_file)
+    if unused:
+        raise CheckpointError(f"{weights_file}: unexpected keys {_preview(unused)}")
+    return _build(lambda: CLIPSeg(config, tokenizer), converted, weights_file)
+
+
+def _check_layer_count(override: Sequence[int], saved: Sequence[int], directory: Path) -> None:
+    if len(override) != len(saved):
+        raise ValueError(
+            f"extract_layers={tuple(override)} names {len(override)} CLIP blocks but the decoder of {directory} "
+            f"reads {len(saved)}"
+        )
 
 
 def _load_clip(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str], VisionConfig, TextConfig, CLIPTokenizer | None]:
@@ -177,23 +194,17 @@ def _load_original(path: Path, clip: str | os.PathLike, extract_layers: tuple[in
         clip_state, clip_unused, vision, text, tokenizer = _load_clip(clip)
         state |= clip_state
         unused += clip_unused
+    if unused:
+        raise CheckpointError(f"{path}: unexpected keys {_preview(unused)}")
     decoder = convert.original_decoder_from_shapes(state, extract_layers or ORIGINAL_EXTRACT_LAYERS, str(path))
     config = CLIPSegConfig(vision=vision, text=text, decoder=decoder)
-    return _build(config, state, unused, tokenizer, str(path))
+    return _build(lambda: CLIPSeg(config, tokenizer), state, str(path))
 
 
-def _build(
-    config: CLIPSegConfig,
-    state: Mapping[str, torch.Tensor],
-    unused: list[str],
-    tokenizer: CLIPTokenizer | None,
-    source: str,
-) -> CLIPSeg:
+def _build(make_model: Callable[[], CLIPSeg], state: Mapping[str, torch.Tensor], source: str) -> CLIPSeg:
     """Instantiate without random init (meta device), then take the tensors, checking the key sets exactly."""
-    if unused:
-        raise CheckpointError(f"{source}: unexpected keys {_preview(unused)}")
     with torch.device("meta"):
-        model = CLIPSeg(config, tokenizer)
+        model = make_model()
     expected = set(model.state_dict())
     missing, extra = expected - set(state), set(state) - expected
     if missing or extra:

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checkpoints.load import load_model
 from .cache import SampleCache, file_signature, fingerprint
 from .config import EvalConfig, ModelSpec
 from .inference import (
     Geometry,
     Placement,
     Segmenter,
-    load_eval_model,
     probabilities_at_original,
 )
 from .metrics import BinaryScores, StatisticsAccumulator, threshold_statistics
@@ -106,9 +106,7 @@ class Runtime:
         source = spec.source_for(task)
         key = (source, spec.clip, spec.extract_layers)
         if self._loaded is None or self._loaded[0] != key:
-            model = load_eval_model(
-                source, device=self.config.device, clip=spec.clip, extract_layers=spec.extract_layers
-            )
+            model = load_model(source, device=self.config.device, clip=spec.clip, extract_layers=spec.extract_layers)
             self._loaded = (key, Segmenter(model, image_size=self.config.image_size))
         return self._loaded[1]
 

@@ -13,10 +13,8 @@ Two input geometries are used by the benchmarks:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -26,29 +24,6 @@ from PIL import Image
 
 Geometry = Literal["squash", "letterbox"]
 GEOMETRIES = ("squash", "letterbox")
-
-
-def load_eval_model(
-    source: str,
-    *,
-    device: str | torch.device = "cpu",
-    clip: str | None = None,
-    extract_layers: Sequence[int] | None = None,
-):
-    """A CLIPSeg model (anything `clipseg.load_model` accepts) or a saved baseline directory, in eval mode."""
-    from ..model import baselines
-
-    config_file = Path(source) / "config.json"
-    if config_file.is_file():
-        try:
-            model_format = json.loads(config_file.read_text(encoding="utf-8")).get("format")
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_file}: invalid JSON ({error.msg})") from None
-        if model_format in baselines.BASELINE_FORMATS:
-            return baselines.load_baseline(source, device=device).eval()
-    from ..checkpoints.load import load_model
-
-    return load_model(source, device=device, clip=clip, extract_layers=extract_layers)
 
 
 @dataclass(frozen=True)

@@ -12,27 +12,23 @@
 
 Both keep CLIPSeg's methods (``encode_text``, ``encode_image``, ``extract_features``, ``decode``, ``forward``) and
 train only the decoder. `build_vitseg` assembles ViTSeg from a timm checkpoint and CLIP weights;
-``save_pretrained`` / `load_baseline` round-trip both through safetensors.
+``save_pretrained`` / `clipseg.load_model` round-trip both.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clipseg import CONFIG_NAME, WEIGHTS_NAME, CLIPSeg
+from .clipseg import CLIPSeg
 from .config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
 
 CLIP_DECONV_FORMAT = "clip-deconv"
 VITSEG_FORMAT = "vitseg"
-BASELINE_FORMATS = (CLIP_DECONV_FORMAT, VITSEG_FORMAT)
 
 VIT_B16_384 = VisionConfig(
     width=768,
@@ -78,26 +74,14 @@ class DeconvDecoder(nn.Module):
         return self.trans_conv(tokens)
 
 
-def _save(model: CLIPSeg, directory: str | os.PathLike, model_format: str, extra: Mapping[str, Any]) -> Path:
-    from ..checkpoints.io import write_safetensors
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.tokenizer.save_pretrained(directory)
-    write_safetensors(model.state_dict(), directory / WEIGHTS_NAME)
-    config = {"format": model_format, **extra, **model.config.to_dict()}
-    temporary = directory / f".{CONFIG_NAME}.tmp"
-    temporary.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    os.replace(temporary, directory / CONFIG_NAME)
-    return directory
-
-
 class CLIPDeconv(CLIPSeg):
     """CLIP-Deconv: frozen CLIP, the activation after one block (9), FiLM and a deconvolution.
 
     `config.decoder.extract_layers` must name exactly one block; `config.decoder.reduce_dim` is D and
     `reduce2_dim` is D2.
     """
+
+    config_format = CLIP_DECONV_FORMAT
 
     def __init__(self, config: CLIPSegConfig, *, reduce2_dim: int = 64, tokenizer=None) -> None:
         if len(config.decoder.extract_layers) != 1:
@@ -123,13 +107,20 @@ class CLIPDeconv(CLIPSeg):
             decoder=DecoderConfig(reduce_dim=64, extract_layers=(9,)),
         )
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write weights, config and tokenizer; `load_baseline` reads them back."""
-        return _save(self, directory, CLIP_DECONV_FORMAT, {"reduce2_dim": self.reduce2_dim})
+    @classmethod
+    def from_saved_config(cls, saved: dict[str, Any], tokenizer=None) -> CLIPDeconv:
+        saved = dict(saved)
+        reduce2_dim = int(saved.pop("reduce2_dim"))
+        return cls(CLIPSegConfig.from_dict(saved), reduce2_dim=reduce2_dim, tokenizer=tokenizer)
+
+    def saved_config(self) -> dict[str, Any]:
+        return {"reduce2_dim": self.reduce2_dim, **self.config.to_dict()}
 
 
 class ViTSeg(CLIPSeg):
     """ViTSeg: CLIPSeg's decoder and CLIP's text tower on an ImageNet ViT (`config.vision` in timm's flavour)."""
+
+    config_format = VITSEG_FORMAT
 
     def __init__(self, config: CLIPSegConfig, *, tokenizer=None) -> None:
         super().__init__(config, tokenizer)
@@ -176,9 +167,9 @@ class ViTSeg(CLIPSeg):
             logits = F.interpolate(logits, size=tuple(output_size), mode="nearest")
         return logits
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write weights, config and tokenizer; `load_baseline` reads them back."""
-        return _save(self, directory, VITSEG_FORMAT, {})
+    @classmethod
+    def from_saved_config(cls, saved: dict[str, Any], tokenizer=None) -> ViTSeg:
+        return cls(CLIPSegConfig.from_dict(saved), tokenizer=tokenizer)
 
 
 def build_vitseg(
@@ -218,27 +209,3 @@ def build_vitseg(
     if incompatible.unexpected_keys:
         raise ValueError(f"unexpected ViTSeg weights {sorted(incompatible.unexpected_keys)[:8]}")
     return model.eval()
-
-
-def load_baseline(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> CLIPSeg:
-    """Load a baseline written by ``save_pretrained`` (format read from ``config.json``)."""
-    from ..checkpoints.io import read_state_dict
-    from ..tokenizer import CLIPTokenizer
-
-    directory = Path(directory)
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"baseline config not found: {config_path}")
-    data = json.loads(config_path.read_text(encoding="utf-8"))
-    model_format = data.pop("format", None)
-    if model_format not in BASELINE_FORMATS:
-        raise ValueError(f"{config_path}: format {model_format!r} is not a baseline ({', '.join(BASELINE_FORMATS)})")
-    tokenizer = CLIPTokenizer.from_pretrained(directory) if (directory / "vocab.json").is_file() else None
-    if model_format == CLIP_DECONV_FORMAT:
-        reduce2_dim = int(data.pop("reduce2_dim"))
-        model: CLIPSeg = CLIPDeconv(CLIPSegConfig.from_dict(data), reduce2_dim=reduce2_dim, tokenizer=tokenizer)
-    else:
-        model = ViTSeg(CLIPSegConfig.from_dict(data), tokenizer=tokenizer)
-    state = read_state_dict(directory / WEIGHTS_NAME)
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()

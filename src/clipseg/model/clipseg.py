@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ class CLIPSeg(nn.Module):
     CLIPSeg decoder. Inputs are normalised pixels (B, 3, H, W) of any size; conditional vectors are (B, 512) CLIP
     embeddings of a text prompt, of a (visually prompt-engineered) support image, or a mix of both.
     """
+
+    config_format: ClassVar[str] = CONFIG_FORMAT  # the "format" of config.json; baselines have their own
 
     def __init__(self, config: CLIPSegConfig, tokenizer: CLIPTokenizer | None = None) -> None:
         super().__init__()
@@ -111,6 +113,15 @@ class CLIPSeg(nn.Module):
         features = self.extract_features(pixel_values)
         return self.decode(features, conditional, output_size=tuple(pixel_values.shape[-2:]))
 
+    @classmethod
+    def from_saved_config(cls, saved: dict[str, Any], tokenizer: CLIPTokenizer | None = None) -> CLIPSeg:
+        """A randomly initialised model from the fields of a config.json written by `save_pretrained`."""
+        return cls(CLIPSegConfig.from_dict(saved), tokenizer)
+
+    def saved_config(self) -> dict[str, Any]:
+        """The fields `save_pretrained` writes to config.json (besides "format")."""
+        return self.config.to_dict()
+
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write weights (safetensors), config and tokenizer files to `directory`; `clipseg.load_model` reads it."""
         from ..checkpoints.io import write_safetensors
@@ -121,5 +132,6 @@ class CLIPSeg(nn.Module):
         self.tokenizer.save_pretrained(directory)
         write_safetensors(self.state_dict(), directory / WEIGHTS_NAME)
         # The config goes last: a directory with a config.json is complete.
-        write_text(directory / CONFIG_NAME, json.dumps({"format": CONFIG_FORMAT, **self.config.to_dict()}, indent=2))
+        config = {"format": self.config_format, **self.saved_config()}
+        write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
         return directory
