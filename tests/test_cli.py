@@ -324,6 +324,8 @@ def test_outputs_inside_the_input_folder_are_not_segmented_again(tmp_path, model
         assert result.exit_code == 0, result.output
     # Same stem, two suffixes: told apart by the suffix.
     assert sorted(p.name for p in (folder / "masks").iterdir()) == ["photo_jpg__a_cup.png", "photo_png__a_cup.png"]
+    same = segment(folder, "-p", "a cup", "-o", folder, "--model", model_dir)
+    assert same.exit_code == 2 and "is both an input and the output folder" in same.stderr
 
 
 def test_labels_command(tmp_path, photos, model_dir):

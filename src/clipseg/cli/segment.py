@@ -403,6 +403,12 @@ def plan_jobs(arguments: Sequence[Path], output: Path, console: Console) -> tupl
     seen: set[Path] = set()
     output_resolved = output.resolve()
     for argument in arguments:
+        if argument.is_dir() and argument.resolve() == output_resolved:
+            raise CLIError(
+                f"{argument} is both an input and the output folder (its outputs would be read as inputs next time): "
+                f"write to a subfolder, e.g. -o {argument / 'masks'}",
+                EXIT_USAGE,
+            )
         if argument.is_dir():
             sources = [
                 (path, path.relative_to(argument).parent.parts)
