@@ -280,6 +280,7 @@ def test_resume_after_a_crash_finishes_with_the_same_files(tmp_path, photos, mod
     args = [photos, "-p", "a cup", "-p", "a cat", "-f", "mask", "-f", "cutout", "--model", model_dir]
     assert segment(*args, "-o", reference).exit_code == 0
     from clipseg import outputs
+    from clipseg.fileio import atomic_write
 
     real_save = outputs.save_image
     calls = []
@@ -287,9 +288,9 @@ def test_resume_after_a_crash_finishes_with_the_same_files(tmp_path, photos, mod
     def crash_midway(image, path):
         calls.append(path)
         if len(calls) == 5:  # dies while writing the fifth file
-            outputs.atomic_write(
-                path, lambda file: (file.write(b"half a png"), (_ for _ in ()).throw(KeyboardInterrupt()))[0]
-            )
+            with atomic_write(path) as file:
+                file.write(b"half a png")
+                raise KeyboardInterrupt
         return real_save(image, path)
 
     monkeypatch.setattr(outputs, "save_image", crash_midway)

@@ -2,7 +2,10 @@ import os
 
 import pytest
 
-from clipseg.fileio import atomic_write, write_bytes, write_text
+import subprocess
+import sys
+
+from clipseg.fileio import TEMP_PREFIX, atomic_path, atomic_write, remove_stale_temporaries, write_bytes, write_text
 
 
 def test_write_replaces_whole_file_with_umask_permissions(tmp_path):
@@ -31,3 +34,15 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "sub" / f"{TEMP_PREFIX}{int(dead.stdout)}-abc.tmp.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"half")
+    with atomic_path(tmp_path / "live.png") as live:  # this process's own temporary is kept
+        assert live.suffix == ".png"
+        assert remove_stale_temporaries(tmp_path) == 1
+        assert live.exists() and not stale.exists()
+    assert (tmp_path / "live.png").exists()

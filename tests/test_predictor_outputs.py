@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -101,40 +98,6 @@ def test_safe_name_bounds_length_and_keeps_long_prompts_apart():
     assert ".." not in outputs.safe_name("a..b")
     assert outputs.unique_names(["a cup", "a-cup", "A cup", "a mug"])[3] == "a_mug"
     assert len(set(outputs.unique_names(["a cup", "a_cup", "A cup"]))) == 3
-
-
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "mask.png"
-    target.write_bytes(b"old")
-
-    def broken(file):
-        file.write(b"partial")
-        raise RuntimeError("disk on fire")
-
-    with pytest.raises(RuntimeError):
-        outputs.atomic_write(target, broken)
-    assert target.read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png"]
-    outputs.atomic_write(target, lambda file: file.write(b"new"))
-    assert target.read_bytes() == b"new"
-    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "sub" / f"{outputs.TEMP_PREFIX}{dead.stdout.strip()}-abc{outputs.TEMP_SUFFIX}"
-    stale.parent.mkdir()
-    stale.write_bytes(b"half")
-    ours = tmp_path / f"{outputs.TEMP_PREFIX}{os.getpid()}-abc{outputs.TEMP_SUFFIX}"
-    ours.write_bytes(b"in progress")
-    assert outputs.remove_stale_temporaries(tmp_path) == 1
-    assert not stale.exists() and ours.exists()
 
 
 @pytest.fixture

@@ -1,4 +1,9 @@
-"""Atomic file writes: a killed process never leaves a half-written file behind."""
+"""Atomic file writes: a killed process never leaves a half-written file under a real name.
+
+A file is written to a hidden temporary beside its target, flushed, then renamed over the target. The
+temporary's name carries the writer's process id, so `remove_stale_temporaries` can delete what a killed
+run left behind without touching the files of a run still going.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+TEMP_PREFIX = ".clipseg-"
+TEMP_MARK = ".tmp"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` for writers that take a file name; once the block succeeds the file is
     flushed to disk and renamed onto `path`. On any error it is removed and `path` is left as it was.
 
-    The temporary file is created with the umask's permissions (unlike mkstemp's 0600)."""
+    The temporary file is created with the umask's permissions (unlike mkstemp's 0600) and keeps the target's
+    suffix, for writers that choose the format by it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    temporary = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_MARK}{path.suffix}")
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield temporary
@@ -50,3 +59,30 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically replace `path` with `text` (UTF-8)."""
     with atomic_write(path, "w") as file:
         file.write(text)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> int:
+    """Delete temporaries under `directory` left by writers whose process is gone; returns how many."""
+    root = Path(directory)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for temporary in root.rglob(f"{TEMP_PREFIX}*{TEMP_MARK}*"):
+        pid = temporary.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            temporary.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    # On Windows os.kill would terminate the process rather than probe it: keep such files there.
+    if pid == os.getpid() or os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,29 +1,26 @@
 """Output writers: binary / soft mask PNGs, heatmap and mask overlays, RGBA cut-outs, COCO RLE JSON, label maps.
 
-Every file is written atomically: to a hidden temporary file in the target directory (its name carries the
-writer's process id), then renamed over the target, so an interrupted run never leaves a partial output under
-a real name; `remove_stale_temporaries` deletes temporaries of processes that no longer run. File names derived
-from image names and prompts go through `safe_name` (no path separators, no "..", bounded length).
+Every file is written atomically (`clipseg.fileio`), so an interrupted run never leaves a partial output under a
+real name. File names derived from image names and prompts go through `safe_name` (no path separators, no "..",
+bounded length).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-import secrets
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
-TEMP_PREFIX = ".clipseg-"
-TEMP_SUFFIX = ".tmp"
+from .fileio import atomic_write, write_text
+
 # Bytes (UTF-8) of one name component: image stem and prompt each; the whole name stays far below 255 bytes.
 MAX_NAME_BYTES = 80
 JPEG_QUALITY = 92
@@ -100,51 +97,24 @@ def unique_names(texts: Sequence[str], **kwargs: Any) -> list[str]:
     ]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Create `path` by calling `write(file)` on a temporary file in the same directory, then renaming it."""
-    path = Path(path)
-    directory = path.parent
-    temporary = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"
-    # os.open honours the umask, unlike mkstemp's 0600.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete temporary files under `directory` left by writers whose process is gone; returns how many."""
-    removed = 0
-    root = Path(directory)
-    if not root.is_dir():
-        return 0
-    for temporary in root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
-        pid_text = temporary.name[len(TEMP_PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _process_alive(int(pid_text)):
-            temporary.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
     """Atomically save a PIL image; the format follows the suffix (JPEG at quality 92)."""
     suffix = Path(path).suffix.lower()
     if suffix in (".jpg", ".jpeg"):
-        return atomic_write(path, lambda file: image.convert("RGB").save(file, format="JPEG", quality=JPEG_QUALITY))
-    if suffix == ".png":
-        return atomic_write(path, lambda file: image.save(file, format="PNG"))
-    raise ValueError(f"{path}: unsupported output suffix {suffix!r} (use .png or .jpg)")
+        with atomic_write(path) as file:
+            image.convert("RGB").save(file, format="JPEG", quality=JPEG_QUALITY)
+    elif suffix == ".png":
+        with atomic_write(path) as file:
+            image.save(file, format="PNG")
+    else:
+        raise ValueError(f"{path}: unsupported output suffix {suffix!r} (use .png or .jpg)")
+    return Path(path)
 
 
 def save_json(data: Any, path: str | os.PathLike) -> Path:
     """Atomically write `data` as UTF-8 JSON."""
-    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-    return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+    write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    return Path(path)
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:
@@ -281,16 +251,3 @@ def draw_legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int,
 def _check_size(image: Image.Image, array: np.ndarray) -> None:
     if np.shape(array)[:2] != (image.height, image.width):
         raise ValueError(f"mask of shape {np.shape(array)} does not match the {image.width}x{image.height} image")
-
-
-def _process_alive(pid: int) -> bool:
-    # On Windows os.kill would terminate the process rather than probe it: keep such files there.
-    if pid == os.getpid() or os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

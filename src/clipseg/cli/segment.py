@@ -681,11 +681,12 @@ def _slugs(names: list[str]) -> list[str]:
 
 def _prepare_output(output: Path) -> None:
     """Create the output folder, prove it is writable, and clear temporaries of runs that were killed."""
-    from ..outputs import atomic_write, remove_stale_temporaries
+    from ..fileio import remove_stale_temporaries, write_bytes
 
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe = atomic_write(output / ".clipseg-write-test", lambda file: file.write(b""))
+        probe = output / ".clipseg-write-test"
+        write_bytes(probe, b"")
         probe.unlink()
     except OSError as error:
         reason = error.strerror or one_line(error)
