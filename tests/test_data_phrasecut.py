@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from clipseg.data.phrasecut import PhraseCut, polygons_to_mask
-from clipseg.data.phrasecut_plus import PROMPT_TEMPLATES, PhraseCutPlus, find_object_crop
+from clipseg.data.phrasecut_plus import PhraseCutPlus, find_object_crop
+from clipseg.templates import TEMPLATES
 from clipseg.data.synthetic import COLOURS, render_scene, write_phrasecut
 from clipseg.visual_prompt import IMAGENET_MEAN, IMAGENET_STD
 
@@ -115,7 +116,7 @@ def test_supports_share_the_phrase_and_unique_phrases_are_text_only(train):
             assert train.tasks[plan.support_index].phrase == plan.phrase
             assert plan.support_index != plan.source_index
             assert 0.0 <= plan.text_weight <= 0.5
-        assert plan.text in {t.format(plan.phrase) for t in PROMPT_TEMPLATES["shuffle+"]}
+        assert plan.text in {t.format(plan.phrase) for t in TEMPLATES["shuffle+"]}
     assert seen_support and seen_unique
 
 
@@ -164,7 +165,7 @@ def test_exclusion_options_and_errors(train):
     assert plan.text == plan.phrase
     with pytest.raises(ValueError, match="image-space variant"):
         PhraseCutPlus(train, visual_variant="cls_mask_last")
-    with pytest.raises(ValueError, match="unknown prompt set"):
+    with pytest.raises(ValueError, match="unknown template set"):
         PhraseCutPlus(train, prompt_templates="random")
     with pytest.raises(ValueError, match="no samples left"):
         PhraseCutPlus(train, exclude_phrase=lambda p: True)

@@ -32,25 +32,9 @@ from PIL import Image
 from .image import ImageInput, MaskInput, load_image, load_mask, preprocess, resize_mask
 from .model.clipseg import CLIPSeg
 from .postprocess import DEFAULT_THRESHOLD
+from .templates import TemplateSet, resolve_templates
 from .visual_prompt import DEFAULT_VARIANT, VARIANTS, VisualPromptSpec, prepare_support
 
-# The paper's prompt templates (Sec. 4; "shuffle+" is the training setting).
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "plain": ("{}",),
-    "fixed": ("a photo of a {}.",),
-    "shuffle": ("a photo of a {}.", "a photograph of a {}.", "an image of a {}.", "{}."),
-    "shuffle+": (
-        "a photo of a {}.",
-        "a photograph of a {}.",
-        "an image of a {}.",
-        "{}.",
-        "a cropped photo of a {}.",
-        "a good photo of a {}.",
-        "a photo of one {}.",
-        "a bad photo of a {}.",
-        "a photo of the {}.",
-    ),
-}
 # Prompt-image pairs per decoder call: bounds memory (the refined head keeps a 32-channel map at full size).
 DECODE_CHUNK = 8
 TEXT_CHUNK = 64
@@ -131,7 +115,7 @@ class MixedPrompt:
 
 
 Prompt = str | ImagePrompt | MixedPrompt
-Templates = str | Sequence[str]
+Templates = TemplateSet | Sequence[str]
 
 
 @dataclass
@@ -354,10 +338,10 @@ class Predictor:
         seed: int = 0,
     ) -> torch.Tensor:
         """Conditional vectors (P, D) for prompts (see `predict` for the arguments); cached across calls."""
-        template_set = _templates(templates)
+        template_set = resolve_templates(templates)
         with torch.inference_mode():
             texts = [p if isinstance(p, str) else p.text for p in prompts if isinstance(p, (str, MixedPrompt))]
-            chosen = {text: self._chosen_templates(text, template_set, ensemble, seed) for text in texts}
+            chosen = {text: self._chosenresolve_templates(text, template_set, ensemble, seed) for text in texts}
             # One batched text-encoder call for every text not cached yet.
             self._cache_texts([template.format(text) for text, templates_ in chosen.items() for template in templates_])
             vectors = []
@@ -380,7 +364,7 @@ class Predictor:
         return preprocess(image, self.image_size, config.image_mean, config.image_std).to(self.device)
 
     @staticmethod
-    def _chosen_templates(text: str, templates: tuple[str, ...], ensemble: bool, seed: int) -> tuple[str, ...]:
+    def _chosenresolve_templates(text: str, templates: tuple[str, ...], ensemble: bool, seed: int) -> tuple[str, ...]:
         if not text.strip():
             raise ValueError("empty text prompt: say what to segment, e.g. 'a cup'")
         if ensemble or len(templates) == 1:
@@ -456,17 +440,6 @@ class Predictor:
     def _recall(self, key: tuple) -> torch.Tensor:
         self._cache.move_to_end(key)
         return self._cache[key]
-
-
-def _templates(templates: Templates) -> tuple[str, ...]:
-    if isinstance(templates, str):
-        if templates not in TEMPLATES:
-            raise ValueError(f"unknown template set {templates!r}; choose one of {', '.join(TEMPLATES)} or pass a list")
-        return TEMPLATES[templates]
-    chosen = tuple(templates)
-    if not chosen or any(not isinstance(t, str) or t.count("{}") != 1 for t in chosen):
-        raise ValueError("custom templates must be a non-empty list of strings, each with exactly one '{}'")
-    return chosen
 
 
 def _as_list(prompts: Prompt | Sequence[Prompt] | None) -> list[Prompt]:

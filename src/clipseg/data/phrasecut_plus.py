@@ -27,26 +27,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clipseg.templates import TemplateSet, resolve_templates
 from clipseg.visual_prompt import DEFAULT_VARIANT, IMAGENET_MEAN, IMAGENET_STD, VARIANTS, prepare_support
 
-PROMPT_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "plain": ("{}",),
-    "fixed": ("a photo of a {}.",),
-    "shuffle": ("a photo of a {}.", "a photograph of a {}.", "an image of a {}.", "{}."),
-    "shuffle+": (
-        "a photo of a {}.", "a photograph of a {}.", "an image of a {}.", "{}.",
-        "a cropped photo of a {}.", "a good photo of a {}.", "a photo of one {}.", "a bad photo of a {}.",
-        "a photo of the {}.",
-    ),
-}
-PromptSet = Literal["plain", "fixed", "shuffle", "shuffle+"]
 CropBox = tuple[int, int, int, int]
 
 
@@ -150,7 +140,7 @@ class PhraseCutPlus(torch.utils.data.Dataset):
         with_visual: bool = True,
         mix_text_min: float = 0.0,
         mix_text_max: float = 0.5,
-        prompt_templates: PromptSet | tuple[str, ...] = "shuffle+",
+        prompt_templates: TemplateSet | Sequence[str] = "shuffle+",
         visual_variant: str = DEFAULT_VARIANT,
         exclude_phrase: Callable[[str], bool] | None = None,
         crop: bool = True,
@@ -160,12 +150,7 @@ class PhraseCutPlus(torch.utils.data.Dataset):
             raise ValueError(f"negative_prob must lie in [0, 1], got {negative_prob}")
         if not 0.0 <= mix_text_min <= mix_text_max <= 1.0:
             raise ValueError(f"need 0 <= mix_text_min <= mix_text_max <= 1, got {mix_text_min}, {mix_text_max}")
-        if isinstance(prompt_templates, str):
-            if prompt_templates not in PROMPT_TEMPLATES:
-                raise ValueError(f"unknown prompt set {prompt_templates!r}; choose one of {list(PROMPT_TEMPLATES)}")
-            prompt_templates = PROMPT_TEMPLATES[prompt_templates]
-        if not prompt_templates or any("{}" not in template for template in prompt_templates):
-            raise ValueError(f"prompt templates must each contain '{{}}', got {prompt_templates!r}")
+        prompt_templates = resolve_templates(prompt_templates)
         if visual_variant not in VARIANTS or VARIANTS[visual_variant].token_mask_mode is not None:
             image_space = sorted(name for name, spec in VARIANTS.items() if spec.token_mask_mode is None)
             raise ValueError(
