@@ -202,7 +202,7 @@ def test_decoder_is_chunked_over_many_prompts(predictor, coffee):
     prompts = [f"object number {i}" for i in range(19)]  # more than one decoder chunk
     many = predictor.predict(prompts)
     assert many.logits.shape == (19, 352, 352)
-    torch.testing.assert_close(many.logits[17], predictor.predict(prompts[17]).logits[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(many.logits[17], predictor.predict(prompts[17]).logits[0], atol=1e-4, rtol=0)
 
 
 @pytest.fixture(scope="module")
