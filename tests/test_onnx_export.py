@@ -13,8 +13,8 @@ from clipseg.testing import random_model
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from clipseg.export.onnx import GRAPHS, export_onnx_model  # noqa: E402
-from clipseg.export.runtime import OnnxModel  # noqa: E402
+from clipseg.export.onnx import GRAPHS, export_onnx_model
+from clipseg.export.runtime import OnnxModel
 
 SIDE = 64  # export size: a 4x4 patch grid keeps the graphs small
 PROMPTS = ["a cup", "something to sit on", "the red circle on the left of the picture"]
@@ -118,8 +118,9 @@ def test_cli_exports_and_checks(tmp_path):
     from clipseg.cli import app
 
     random_model().save_pretrained(tmp_path / "model")
-    result = CliRunner().invoke(app, ["export-onnx", str(tmp_path / "model"), str(tmp_path / "onnx"),
-                                      "--image-size", str(SIDE)])
+    result = CliRunner().invoke(
+        app, ["export-onnx", str(tmp_path / "model"), str(tmp_path / "onnx"), "--image-size", str(SIDE)]
+    )
     assert result.exit_code == 0, result.output
     assert "max |Δ logits|" in result.output
     assert OnnxModel(tmp_path / "onnx").config.image_size == SIDE

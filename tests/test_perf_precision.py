@@ -10,7 +10,11 @@ from clipseg.model.transformer import Attention
 from clipseg.precision import PRECISIONS, apply_precision, quantize_dynamic
 from clipseg.testing import random_model
 
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else []), *(["mps"] if torch.backends.mps.is_available() else [])]
+DEVICES = [
+    "cpu",
+    *(["cuda"] if torch.cuda.is_available() else []),
+    *(["mps"] if torch.backends.mps.is_available() else []),
+]
 SIZE = 96
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,9 +13,13 @@ from ..cli.common import EXIT_USAGE, CLIError, load_model_or_fail, print_line, r
 def export_onnx(
     model: Annotated[str, typer.Argument(help="Hub id, local checkpoint folder, or original .pth decoder file.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for the .onnx graphs, config and tokenizer files.")],
-    clip: Annotated[Optional[str], typer.Option(help="CLIP weights for an original .pth decoder file.")] = None,
-    extract_layers: Annotated[Optional[str], typer.Option("--extract-layers", help="Override the CLIP blocks, e.g. 3,7,9.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Square input side of the graphs (default: the model's, 352).")] = None,
+    clip: Annotated[str | None, typer.Option(help="CLIP weights for an original .pth decoder file.")] = None,
+    extract_layers: Annotated[
+        str | None, typer.Option("--extract-layers", help="Override the CLIP blocks, e.g. 3,7,9.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Square input side of the graphs (default: the model's, 352).")
+    ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
     check: Annotated[bool, typer.Option(help="Run the graphs once with onnxruntime and compare with PyTorch.")] = True,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,

@@ -104,16 +104,39 @@ def export_onnx_model(
     image_index = torch.tensor([0, 1, 1])
 
     graphs = {
-        "image_features": (_ImageFeatures(float_model), (pixels,), ["pixel_values"], activation_names,
-                           {"pixel_values": {0: "images"}, **{n: {0: "images"} for n in activation_names}}),
-        "image_embedding_tail": (_ImageEmbeddingTail(float_model), (activations[-1],), ["activation"],
-                                 ["image_embedding"], {"activation": {0: "images"}, "image_embedding": {0: "images"}}),
-        "text_encoder": (_TextEncoder(float_model), (ids,), ["token_ids"], ["text_embedding"],
-                         {"token_ids": {0: "prompts", 1: "length"}, "text_embedding": {0: "prompts"}}),
-        "decoder": (_Decoder(float_model, side), (*activations, conditional, image_index),
-                    [*activation_names, "conditional", "image_index"], ["logits"],
-                    {**{n: {0: "images"} for n in activation_names}, "conditional": {0: "prompts"},
-                     "image_index": {0: "prompts"}, "logits": {0: "prompts"}}),
+        "image_features": (
+            _ImageFeatures(float_model),
+            (pixels,),
+            ["pixel_values"],
+            activation_names,
+            {"pixel_values": {0: "images"}, **{n: {0: "images"} for n in activation_names}},
+        ),
+        "image_embedding_tail": (
+            _ImageEmbeddingTail(float_model),
+            (activations[-1],),
+            ["activation"],
+            ["image_embedding"],
+            {"activation": {0: "images"}, "image_embedding": {0: "images"}},
+        ),
+        "text_encoder": (
+            _TextEncoder(float_model),
+            (ids,),
+            ["token_ids"],
+            ["text_embedding"],
+            {"token_ids": {0: "prompts", 1: "length"}, "text_embedding": {0: "prompts"}},
+        ),
+        "decoder": (
+            _Decoder(float_model, side),
+            (*activations, conditional, image_index),
+            [*activation_names, "conditional", "image_index"],
+            ["logits"],
+            {
+                **{n: {0: "images"} for n in activation_names},
+                "conditional": {0: "prompts"},
+                "image_index": {0: "prompts"},
+                "logits": {0: "prompts"},
+            },
+        ),
     }
     for name, (module, args, input_names, output_names, dynamic_axes) in graphs.items():
         _export(module, args, out / f"{name}.onnx", input_names, output_names, dynamic_axes, opset)
@@ -144,8 +167,14 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes, o
         # image_index is checked to be non-negative by the runtime before it reaches the Gather.
         warnings.filterwarnings("ignore", message=r".*aten::index operator of advanced indexing.*")
         torch.onnx.export(
-            module, args, str(tmp), input_names=input_names, output_names=output_names,
-            dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+            module,
+            args,
+            str(tmp),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
         )
     os.replace(tmp, path)
 

@@ -40,7 +40,9 @@ class OnnxModel:
         directory = Path(directory)
         missing = [name for name in (*GRAPHS, CONFIG_NAME) if not (directory / _file(name)).is_file()]
         if missing:
-            raise FileNotFoundError(f"{directory}: not a clipseg ONNX export (missing {', '.join(map(_file, missing))})")
+            raise FileNotFoundError(
+                f"{directory}: not a clipseg ONNX export (missing {', '.join(map(_file, missing))})"
+            )
         data = json.loads((directory / CONFIG_NAME).read_text())
         self.config = CLIPSegConfig.from_dict({k: v for k, v in data.items() if k not in ("format", "onnx_opset")})
         self.tokenizer = CLIPTokenizer.from_pretrained(directory)
