@@ -12,21 +12,23 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from typer.testing import CliRunner
-
-import clipseg
-from clipseg.training.checkpoint import list_checkpoints, read_checkpoint
-from clipseg.training.config import TrainConfig, load_config
-from clipseg.training.data import GlobalBatchSampler
-from clipseg.training.trainer import NonFiniteLossError, Trainer
 from training_fixtures import (
     CrashingDataset,
     PoisonedDataset,
+    ShapesSource,
     SimulatedCrash,
     distributed_worker,
     shapes_dataset,
     tiny_config,
 )
+from typer.testing import CliRunner
+
+import clipseg
+from clipseg.data.phrasecut_plus import PhraseCutPlus
+from clipseg.training.checkpoint import list_checkpoints, read_checkpoint
+from clipseg.training.config import TrainConfig, load_config
+from clipseg.training.data import GlobalBatchSampler
+from clipseg.training.trainer import NonFiniteLossError, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,10 +229,10 @@ def test_exported_model_loads_and_validation_is_logged(tmp_path: Path) -> None:
 
 
 def test_cli_trains_on_phrasecut_format_data_and_resumes(tmp_path: Path) -> None:
+    import typer
+
     from clipseg.data.synthetic import write_phrasecut
     from clipseg.training.cli import train
-
-    import typer
 
     root = write_phrasecut(tmp_path / "data", 6, size=(32, 40))
     config = tiny_config(tmp_path / "run", data={"root": str(root), "val": "val"}, optim={"max_iterations": 2})
@@ -269,3 +271,48 @@ def test_datasets_are_built_from_every_data_format(tmp_path: Path, data_format: 
     validation = build_validation_dataset(settings, seed=0)
     assert all(validation[i]["text_weight"] == 1.0 for i in range(len(validation)))
     assert build_validation_dataset(DataSettings(format=data_format, root=str(root)), seed=0) is None
+
+
+def test_models_start_from_pretrained_clip_or_a_clipseg_checkpoint(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from clipseg.testing import TINY_CONFIG, random_model
+    from clipseg.training.config import ModelSettings
+    from clipseg.training.model import build_model
+
+    clip_model = random_model(TINY_CONFIG, seed=1)
+    # OpenAI's layout: visual.* as ours, the text tower's keys at the top level.
+    openai_state = {k.removeprefix("text."): v for k, v in clip_model.state_dict().items() if not k.startswith("decoder.")}
+    clip_file = tmp_path / "clip.safetensors"
+    save_file(openai_state, clip_file)
+    decoder = {"decoder": {"reduce_dim": 16, "heads": 4, "mlp_width": 64, "extract_layers": [1, 3]}}
+    settings = ModelSettings(clip=str(clip_file), architecture=decoder)
+    model = build_model(settings, seed=0)
+    assert model.config.vision == TINY_CONFIG.vision and model.config.decoder.extract_layers == (1, 3)
+    for name, value in clip_model.state_dict().items():
+        if not name.startswith("decoder."):
+            assert torch.equal(model.state_dict()[name], value), name
+    same_seed, other_seed = build_model(settings, seed=0), build_model(settings, seed=1)
+    assert torch.equal(same_seed.decoder.film_mul.weight, model.decoder.film_mul.weight)
+    assert not torch.equal(other_seed.decoder.film_mul.weight, model.decoder.film_mul.weight)
+    with pytest.raises(ValueError, match="vision/text settings need model.clip: random"):
+        build_model(ModelSettings(clip=str(clip_file), architecture={"vision": {"layers": 2}}), seed=0)
+
+    # Fine-tuning: start from a whole saved model, decoder included.
+    clip_model.save_pretrained(tmp_path / "pretrained")
+    config = tiny_config(tmp_path / "finetune", model={"init": str(tmp_path / "pretrained"), "architecture": {}},
+                         data={"image_size": 64}, optim={"max_iterations": 2, "batch_size": 2})
+    dataset = PhraseCutPlus(ShapesSource(4, size=64), image_size=64)
+    trainer = Trainer(config, train_dataset=dataset)
+    assert torch.equal(trainer.model.decoder.film_mul.weight, clip_model.decoder.film_mul.weight)
+    trainer.train()
+    assert not torch.equal(trainer.model.decoder.film_mul.weight, clip_model.decoder.film_mul.weight)
+    with pytest.raises(ValueError, match="cannot be combined with model.init"):
+        build_model(ModelSettings(init=str(tmp_path / "pretrained"), architecture=decoder), seed=0)
+
+    # Resuming on other frozen weights is refused.
+    other = random_model(TINY_CONFIG, seed=2)
+    other.decoder.load_state_dict(clip_model.decoder.state_dict())
+    other.save_pretrained(tmp_path / "pretrained")
+    with pytest.raises(ValueError, match="frozen CLIP weights differ"):
+        Trainer.resume(tmp_path / "finetune", train_dataset=dataset)

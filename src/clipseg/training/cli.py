@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ..cli.common import EXIT_FAILURES, EXIT_USAGE, CLIError, print_line, run_command, stderr_console
+from ..cli.common import (
+    EXIT_FAILURES,
+    EXIT_USAGE,
+    CLIError,
+    print_line,
+    run_command,
+    stderr_console,
+)
 
 
 def train(
     config: Annotated[
-        Optional[Path], typer.Argument(help="Training config (YAML, e.g. configs/train/rd64-pc-plus.yaml); optional with --resume.")
+        Path | None, typer.Argument(help="Training config (YAML, e.g. configs/train/rd64-pc-plus.yaml); optional with --resume.")
     ] = None,
     overrides: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", help="Override a config value, e.g. --set optim.lr=3e-4 --set data.root=/data/phrasecut."),
     ] = None,
     resume: Annotated[
-        Optional[Path], typer.Option(help="Continue exactly from a checkpoint directory or a run directory (its newest checkpoint).")
+        Path | None, typer.Option(help="Continue exactly from a checkpoint directory or a run directory (its newest checkpoint).")
     ] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
@@ -40,9 +47,13 @@ def train(
 
         if config is None and resume is None:
             raise CLIError("give a training config (CONFIG.yaml) or --resume RUN", EXIT_USAGE)
-        handler = RichHandler(console=stderr_console(), show_path=False, markup=False)
-        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
         settings = load_config(config) if config is not None else None
+        # Progress messages (checkpoints, validation) go to stderr for as long as the command runs.
+        package_logger = logging.getLogger("clipseg")
+        handler = RichHandler(console=stderr_console(), show_path=False, markup=False)
+        package_logger.addHandler(handler)
+        previous_level = package_logger.level
+        package_logger.setLevel(logging.INFO)
         try:
             if resume is not None:
                 trainer = Trainer.resume(resume, config=settings, overrides=overrides or ())
@@ -52,6 +63,8 @@ def train(
         except NonFiniteLossError as error:
             raise CLIError(str(error), EXIT_FAILURES) from None
         finally:
+            package_logger.removeHandler(handler)
+            package_logger.setLevel(previous_level)
             _leave_process_group()
         if result.model_dir is not None:  # rank 0
             print_line(stderr_console(), f"done: step {result.step}, loss {result.loss:.4f}, model in {result.model_dir}")

@@ -30,7 +30,7 @@ class DistributedContext:
         return self.world_size > 1
 
     @classmethod
-    def from_environment(cls, device_type: str | None = None) -> DistributedContext:
+    def from_environment(cls, device_type: str) -> DistributedContext:
         """Read torchrun's variables and join the process group (NCCL on CUDA, else gloo) if not joined yet."""
         world_size = _int_variable("WORLD_SIZE", 1)
         if world_size == 1:
@@ -40,8 +40,7 @@ class DistributedContext:
             for name in ("MASTER_ADDR", "MASTER_PORT"):
                 if name not in os.environ:
                     raise RuntimeError(f"WORLD_SIZE={world_size} but {name} is not set: launch with torchrun")
-            cuda = (device_type or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
-            dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size)
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world_size)
         return cls(rank=rank, world_size=world_size, local_rank=local_rank)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
@@ -71,6 +70,11 @@ class DistributedContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def local_rank_from_environment() -> int:
+    """This process's index on its node (torchrun's LOCAL_RANK; 0 without torchrun)."""
+    return _int_variable("LOCAL_RANK", 0)
 
 
 def _int_variable(name: str, default: int) -> int:

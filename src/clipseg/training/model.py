@@ -33,19 +33,23 @@ def build_model(settings: ModelSettings, seed: int) -> CLIPSeg:
 def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
     if settings.preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {settings.preset!r} (one of {', '.join(PRESETS)})")
+    pretrained_clip = settings.clip != RANDOM_CLIP
+    if pretrained_clip and {"vision", "text"} & set(settings.architecture):
+        raise ValueError(
+            "model.architecture: vision/text settings need model.clip: random (CLIP weights fix their architecture)"
+        )
     config = _with_architecture(PRESETS[settings.preset], settings.architecture)
     clip_state, tokenizer = None, None
-    if settings.clip != RANDOM_CLIP:
-        if {"vision", "text"} & set(settings.architecture):
-            raise ValueError(
-                "model.architecture: vision/text settings need model.clip: random (CLIP weights fix their architecture)"
-            )
+    if pretrained_clip:
         from ..checkpoints.load import _load_clip
 
         clip_state, unused, vision, text, tokenizer = _load_clip(settings.clip)
         if unused:
             raise ValueError(f"model.clip {settings.clip}: unexpected keys {sorted(unused)[:5]}")
-        config = dataclasses.replace(config, vision=vision, text=text)
+        try:
+            config = dataclasses.replace(config, vision=vision, text=text)
+        except ValueError as error:
+            raise ValueError(f"model.clip {settings.clip}: {error}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPSeg(config, tokenizer)

@@ -45,8 +45,13 @@ from .checkpoint import (
     write_text_atomically,
 )
 from .config import RESUMABLE_OVERRIDES, TrainConfig, changed_keys
-from .data import EpochIndexed, GlobalBatchSampler, build_training_dataset, build_validation_dataset
-from .distributed import DistributedContext
+from .data import (
+    EpochIndexed,
+    GlobalBatchSampler,
+    build_training_dataset,
+    build_validation_dataset,
+)
+from .distributed import DistributedContext, local_rank_from_environment
 from .metrics_log import MetricsLog
 from .model import build_model, frozen_fingerprint, trainable_parameters
 from .validation import ValidationResult, evaluate
@@ -112,10 +117,8 @@ class Trainer:
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.config = config
-        self.distributed = DistributedContext.from_environment(
-            torch.device(config.run.device).type if config.run.device else None
-        )
-        self.device = resolve_device(config.run.device, self.distributed.local_rank)
+        self.device = resolve_device(config.run.device, local_rank_from_environment())
+        self.distributed = DistributedContext.from_environment(self.device.type)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.output_dir = config.output_dir
@@ -218,7 +221,7 @@ class Trainer:
                     last_validation = self.validate()
                     if metrics_log is not None:
                         metrics_log.write("validation", self.step, last_validation.summary())
-                    logger.info("validation at step %d: %s", self.step, _brief(last_validation))
+                        logger.info("validation at step %d: %s", self.step, _brief(last_validation))
                 if self.step % config.run.checkpoint_every == 0 or self.step == total:
                     self.save_checkpoint(loss)
         finally:
@@ -364,12 +367,13 @@ class Trainer:
         if len(rng_states) == self.distributed.world_size:
             _restore_rng(rng_states[self.distributed.rank], self.device)
         else:
-            logger.warning(
-                "checkpoint written by %d processes, resuming with %d: the data order continues exactly, but "
-                "dropout draws are re-seeded",
-                len(rng_states),
-                self.distributed.world_size,
-            )
+            if self.distributed.is_main:
+                logger.warning(
+                    "checkpoint written by %d processes, resuming with %d: the data order continues exactly, but "
+                    "dropout draws are re-seeded",
+                    len(rng_states),
+                    self.distributed.world_size,
+                )
             _seed_everything(self.config.run.seed + 1_000_003 * self.step + self.distributed.rank)
 
     def export(self, directory: Path) -> Path:
@@ -423,7 +427,14 @@ class _Progress:
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn("training"),

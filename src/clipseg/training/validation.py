@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..evaluation.metrics import BinaryScores, StatisticsAccumulator, threshold_statistics
+from ..evaluation.metrics import (
+    BinaryScores,
+    StatisticsAccumulator,
+    threshold_statistics,
+)
 from ..model.clipseg import CLIPSeg
 from .batch import autocast, conditional_vectors
 from .distributed import DistributedContext
