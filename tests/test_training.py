@@ -316,3 +316,17 @@ def test_models_start_from_pretrained_clip_or_a_clipseg_checkpoint(tmp_path: Pat
     other.save_pretrained(tmp_path / "pretrained")
     with pytest.raises(ValueError, match="frozen CLIP weights differ"):
         Trainer.resume(tmp_path / "finetune", train_dataset=dataset)
+
+
+def test_precision_settings_and_optional_outputs(tmp_path: Path) -> None:
+    bf16 = tiny_config(tmp_path / "bf16", optim={"max_iterations": 2, "precision": "bf16"}, run={"progress": True})
+    result = Trainer(bf16, train_dataset=shapes_dataset()).train()  # bf16 autocast on the CPU, with a progress bar
+    assert np.isfinite(result.loss) and result.model_dir is not None
+    with pytest.raises(ValueError, match="fp16 needs a GPU; use bf16"):
+        Trainer(tiny_config(tmp_path / "fp16", optim={"precision": "fp16"}), train_dataset=shapes_dataset())
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        board = tiny_config(tmp_path / "board", run={"tensorboard": True})
+        with pytest.raises(RuntimeError, match="pip install tensorboard"):
+            Trainer(board, train_dataset=shapes_dataset()).train()

@@ -12,6 +12,7 @@ DistributedDataParallel, each process reads its slice of every global batch, and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -175,10 +176,11 @@ class Trainer:
         """
         saved_checkpoint = read_checkpoint(checkpoint)
         saved = TrainConfig.from_dict(saved_checkpoint.metadata["train_config"])
-        run_dir = str(saved_checkpoint.path.parent.parent)
         base = saved if config is None else config
-        resumed = base.with_overrides([f"run.output_dir={run_dir}"]) if base.run.output_dir is None else base
-        resumed = resumed.with_overrides(overrides)
+        if base.run.output_dir is None:
+            run_dir = str(saved_checkpoint.path.parent.parent)
+            base = dataclasses.replace(base, run=dataclasses.replace(base.run, output_dir=run_dir))
+        resumed = base.with_overrides(overrides)
         forbidden = [key for key in changed_keys(saved, resumed) if key not in RESUMABLE_OVERRIDES]
         if forbidden:
             raise ValueError(
