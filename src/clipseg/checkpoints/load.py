@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -156,8 +156,18 @@ def _check_layer_count(override: Sequence[int], saved: Sequence[int], directory:
         )
 
 
-def _load_clip(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str], VisionConfig, TextConfig, CLIPTokenizer | None]:
-    """CLIP weights for an original decoder file, from any of the CLIP layouts, with their architecture."""
+class CLIPWeights(NamedTuple):
+    """CLIP weights in our key layout (`visual.*`, `text.*`) with the architecture they imply."""
+
+    state: dict[str, torch.Tensor]
+    vision: VisionConfig
+    text: TextConfig
+    tokenizer: CLIPTokenizer | None  # None: the weights came without one (OpenAI's vocabulary applies)
+
+
+def load_clip(source: str | os.PathLike) -> CLIPWeights:
+    """CLIP weights from any CLIP layout: OpenAI's TorchScript archive or state dict, a transformers CLIPModel
+    directory or hub id. Used for the original decoder files, for ViTSeg's text tower and by the trainer."""
     path = Path(source)
     if not path.exists() and _HUB_ID.match(str(source)):
         path = _download(str(source))
@@ -167,16 +177,20 @@ def _load_clip(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list
             raise CheckpointError(f"{path}: expected a transformers CLIP model (model_type 'clip')")
         state, unused = convert.hf_clip_to_ours(_read_directory_weights(path)[0])
         vision, text = convert.hf_towers_to_ours(config_json, str(path))
-        return state, unused, vision, text, _tokenizer_for(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{source}: no such CLIP weights file or directory")
-    raw = read_state_dict(path)
-    if "vision_model.embeddings.class_embedding" in raw:
-        state, unused = convert.hf_clip_to_ours(raw)
+        tokenizer = _tokenizer_for(path)
+    elif path.is_file():
+        raw = read_state_dict(path)
+        if "vision_model.embeddings.class_embedding" in raw:
+            state, unused = convert.hf_clip_to_ours(raw)
+        else:
+            state, unused = convert.openai_clip_to_ours(raw)
+        vision, text = convert.openai_towers_from_shapes(state, str(path))
+        tokenizer = None
     else:
-        state, unused = convert.openai_clip_to_ours(raw)
-    vision, text = convert.openai_towers_from_shapes(state, str(path))
-    return state, unused, vision, text, None
+        raise FileNotFoundError(f"{source}: no such CLIP weights file or directory")
+    if unused:
+        raise CheckpointError(f"{source}: unexpected keys in the CLIP weights {_preview(unused)}")
+    return CLIPWeights(state, vision, text, tokenizer)
 
 
 def _load_original(path: Path, clip: str | os.PathLike, extract_layers: tuple[int, ...] | None) -> CLIPSeg:
@@ -191,9 +205,9 @@ def _load_original(path: Path, clip: str | os.PathLike, extract_layers: tuple[in
     if "visual.class_embedding" in state:  # the full model was saved, CLIP included
         vision, text = convert.openai_towers_from_shapes(state, str(path))
     else:
-        clip_state, clip_unused, vision, text, tokenizer = _load_clip(clip)
-        state |= clip_state
-        unused += clip_unused
+        clip_weights = load_clip(clip)
+        state |= clip_weights.state
+        vision, text, tokenizer = clip_weights.vision, clip_weights.text, clip_weights.tokenizer
     if unused:
         raise CheckpointError(f"{path}: unexpected keys {_preview(unused)}")
     decoder = convert.original_decoder_from_shapes(state, extract_layers or ORIGINAL_EXTRACT_LAYERS, str(path))

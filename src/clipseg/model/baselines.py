@@ -186,14 +186,14 @@ def build_vitseg(
     `decoder` defaults to the paper's (D = 64, blocks 3, 7, 9). The decoder and the frozen image projection are
     drawn at random from `seed`."""
     from ..checkpoints.io import read_state_dict
-    from ..checkpoints.load import _load_clip
+    from ..checkpoints.load import load_clip
     from ..checkpoints.timm_vit import timm_vision_config, timm_vit_to_ours
 
     vit_state = read_state_dict(vit_checkpoint)
     visual, unsupported = timm_vit_to_ours(vit_state)
     if unsupported:
         raise ValueError(f"{vit_checkpoint}: keys this ViT cannot hold: {sorted(unsupported)[:8]}")
-    clip_state, _, _, text_config, tokenizer = _load_clip(clip)
+    clip_state, _, text_config, tokenizer = load_clip(clip)
     vision_config = timm_vision_config(vit_state, heads=heads, output_dim=text_config.output_dim)
     config = CLIPSegConfig(
         vision=vision_config, text=text_config, decoder=decoder or DecoderConfig(extract_layers=(3, 7, 9))

@@ -41,11 +41,9 @@ def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
     config = _with_architecture(PRESETS[settings.preset], settings.architecture)
     clip_state, tokenizer = None, None
     if pretrained_clip:
-        from ..checkpoints.load import _load_clip
+        from ..checkpoints.load import load_clip
 
-        clip_state, unused, vision, text, tokenizer = _load_clip(settings.clip)
-        if unused:
-            raise ValueError(f"model.clip {settings.clip}: unexpected keys {sorted(unused)[:5]}")
+        clip_state, vision, text, tokenizer = load_clip(settings.clip)
         try:
             config = dataclasses.replace(config, vision=vision, text=text)
         except ValueError as error:
