@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..fileio import atomic_write, write_text
 
 MANIFEST = "manifest.json"
 
@@ -39,17 +40,6 @@ def file_signature(path: str | os.PathLike) -> dict[str, Any]:
             if p.is_file()
         }
     return {}
-
-
-def _write_atomic(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 class SampleCache:
@@ -79,7 +69,7 @@ class SampleCache:
             manifest = self.directory / MANIFEST
             if not manifest.exists():
                 text = json.dumps(description, indent=2, sort_keys=True, default=str)
-                _write_atomic(manifest, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+                write_text(manifest, text)
 
     def _chunks(self) -> list[Path]:
         return sorted(self.directory.glob("chunk-*.npz")) if self.enabled else []
@@ -111,10 +101,6 @@ class SampleCache:
         existing = self._chunks()
         number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = self.directory / f"chunk-{number:06d}.npz"
-
-        def write(temporary: str) -> None:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, **stacked)
-
-        _write_atomic(path, write)
+        with atomic_write(path) as handle:
+            np.savez(handle, **stacked)
         self._buffer.clear()

@@ -10,14 +10,14 @@ import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..fileio import atomic_path, write_text
 from .config import EvalConfig
 from .engine import Row
 from .metrics import THRESHOLDS
@@ -31,18 +31,6 @@ class ReportFiles:
     markdown: Path
     json: Path
     plots: list[Path] = field(default_factory=list)
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _format(value: float | None, percent: bool, decimals: int) -> str:
@@ -182,7 +170,8 @@ def _save_figure(figure, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    _atomic(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight"))
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
 
 
 def curve_plots(rows: Sequence[Row], directory: Path) -> list[Path]:
@@ -264,7 +253,7 @@ def write_report(config: EvalConfig, rows: Sequence[Row], directory: str | os.Pa
     plots += [path for row in rows if (path := qualitative_plot(row, directory)) is not None]
     markdown_path, json_path = directory / "report.md", directory / "results.json"
     text = markdown_report(config, rows, table, plots)
-    _atomic(markdown_path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    write_text(markdown_path, text)
     payload = json.dumps(results_json(config, rows, table), indent=2, allow_nan=False)
-    _atomic(json_path, lambda temporary: Path(temporary).write_text(payload, encoding="utf-8"))
+    write_text(json_path, payload)
     return ReportFiles(markdown_path, json_path, plots)
