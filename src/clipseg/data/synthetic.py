@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, write_text
 
 SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -170,8 +170,7 @@ def _save_image(image: Image.Image, path: Path) -> None:
 
 
 def _save_json(data: Any, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data), encoding="utf-8")
+    write_text(path, json.dumps(data))
 
 
 def _scenes(n_images: int, seed: int, size: tuple[int, int]) -> Iterator[Scene]:

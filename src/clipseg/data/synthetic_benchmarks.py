@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..fileio import atomic_path, write_bytes, write_text
 from .lvis import generalized_prompt_groups
 from .pascal import IGNORE_LABEL, VOC_CLASSES, pascal5i_classes
-from .synthetic import Scene, render_scene
+from .synthetic import Scene, _save_image, render_scene
 
 # fmt: off
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = tuple(zip(
@@ -45,27 +45,6 @@ COCO_CATEGORIES: tuple[tuple[int, str], ...] = tuple(zip(
 ))
 # fmt: on
 """The 80 COCO categories (id, name) in id order; COCO-20i indexes them 0..79 in this order."""
-
-
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def _save_image(image: Image.Image, path: Path) -> None:
-    suffix_format = "JPEG" if path.suffix.lower() == ".jpg" else "PNG"
-    _write_atomic(path, lambda temporary: image.save(temporary, format=suffix_format, quality=95))
-
-
-def _save_text(text: str, path: Path) -> None:
-    _write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def _scenes(n_images: int, seed: int, size: tuple[int, int]) -> Iterator[Scene]:
@@ -142,22 +121,23 @@ def write_pascal(
         for row, class_id in enumerate(present):
             boundaries[row, 0] = _void_border(sbd_label == class_id).astype(np.uint8)
         gt = {"Segmentation": sbd_label, "Boundaries": boundaries, "CategoriesPresent": present}
-        _write_atomic(sbd / "cls" / f"{image_id}.mat", lambda temporary, gt=gt: savemat(temporary, {"GTcls": gt}))
+        with atomic_path(sbd / "cls" / f"{image_id}.mat") as temporary:
+            savemat(temporary, {"GTcls": gt})
     n_val = max(2, int(round(val_fraction * n_images)))
     val_ids, train_ids = ids[:n_val], ids[n_val:]
     for split, split_ids in (("val", val_ids), ("train", train_ids), ("trainval", ids)):
-        _save_text("".join(f"{i}\n" for i in split_ids), voc / "ImageSets" / "Segmentation" / f"{split}.txt")
+        write_text(voc / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in split_ids))
     for split, split_ids in (("val", val_ids), ("train", train_ids)):
-        _save_text("".join(f"{i}\n" for i in split_ids), sbd / f"{split}.txt")
+        write_text(sbd / f"{split}.txt", "".join(f"{i}\n" for i in split_ids))
     for fold in range(4):
         classes = set(pascal5i_classes(fold))
         lines = []
         for image_id in val_ids:
             values, counts = np.unique(labels[image_id], return_counts=True)
             lines += [f"{image_id}__{int(v):02d}\n" for v, c in zip(values, counts) if v in classes and c >= min_pixels]
-        _save_text("".join(lines), out / "hsnet" / "data" / "splits" / "pascal" / "val" / f"fold{fold}.txt")
+        write_text(out / "hsnet" / "data" / "splits" / "pascal" / "val" / f"fold{fold}.txt", "".join(lines))
     pfenet_lines = "".join(f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n" for i in val_ids)
-    _save_text(pfenet_lines, out / "pfenet" / "lists" / "pascal" / "val.txt")
+    write_text(out / "pfenet" / "lists" / "pascal" / "val.txt", pfenet_lines)
     return out
 
 
@@ -207,13 +187,10 @@ def write_coco2014(
             shape_count += 1
     categories = [{"id": i, "name": name, "supercategory": "object"} for i, name in COCO_CATEGORIES]
     instances = {"images": images, "annotations": annotations, "categories": categories}
-    _save_text(json.dumps(instances), out / "annotations" / f"instances_{split}.json")
+    write_text(out / "annotations" / f"instances_{split}.json", json.dumps(instances))
     for fold in range(4):
         fold_lists = {c: classwise.get(c, []) for c in range(fold, 80, 4)}
-        _write_atomic(
-            out / "splits" / "coco" / "val" / f"fold{fold}.pkl",
-            lambda temporary, data=fold_lists: temporary.write_bytes(pickle.dumps(data, protocol=3)),
-        )
+        write_bytes(out / "splits" / "coco" / "val" / f"fold{fold}.pkl", pickle.dumps(fold_lists, protocol=3))
     return out
 
 
@@ -277,5 +254,5 @@ def write_lvis(
         "annotations": annotations,
         "categories": categories,
     }
-    _save_text(json.dumps(data), out / "lvis_v1_val.json")
+    write_text(out / "lvis_v1_val.json", json.dumps(data))
     return out
