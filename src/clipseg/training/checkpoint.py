@@ -14,11 +14,13 @@ always complete: a crash while saving leaves the previous checkpoint as the newe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..checkpoints.io import write_safetensors
+from ..fileio import atomic_write
 
 FORMAT = "clipseg-training-checkpoint"
 FORMAT_VERSION = 1
@@ -70,25 +73,29 @@ def write_checkpoint(
     metadata: dict[str, Any],
 ) -> Path:
     """Write checkpoint `step` into `checkpoints_dir` atomically and return its directory."""
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / step_directory_name(step)
-    staging = Path(tempfile.mkdtemp(dir=checkpoints_dir, prefix=f".{final.name}."))
-    try:
+    with staged_directory(final) as staging:
         write_safetensors(weights, staging / WEIGHTS_FILE)
-        with open(staging / STATE_FILE, "wb") as file:
+        with atomic_write(staging / STATE_FILE) as file:
             torch.save(training_state, file)
-            file.flush()
-            os.fsync(file.fileno())
         document = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, **metadata}
-        with open(staging / METADATA_FILE, "w", encoding="utf-8") as file:
+        with atomic_write(staging / METADATA_FILE, "w") as file:
             json.dump(document, file, indent=2)
-            file.flush()
-            os.fsync(file.fileno())
+    return final
+
+
+@contextlib.contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """A hidden empty directory beside `final` to fill; once the block succeeds it replaces `final` (by renames
+    only), on any error it is deleted and `final` is left as it was."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        yield staging
         install_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return final
 
 
 def install_directory(staging: Path, final: Path) -> None:
@@ -100,18 +107,6 @@ def install_directory(staging: Path, final: Path) -> None:
         shutil.rmtree(retired)
     else:
         os.replace(staging, final)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` via a temporary file in the same directory."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def list_checkpoints(checkpoints_dir: Path) -> list[Path]:

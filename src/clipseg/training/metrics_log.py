@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from .checkpoint import write_text_atomically
+from ..fileio import write_text
 
 JSONL_FILE = "metrics.jsonl"
 
@@ -60,7 +60,7 @@ class MetricsLog:
         if jsonl.is_file():
             kept = [line for line in jsonl.read_text(encoding="utf-8").splitlines(keepends=True)
                     if line.strip() and json.loads(line)["step"] <= step]
-            write_text_atomically(jsonl, "".join(kept))
+            write_text(jsonl, "".join(kept))
         for csv_path in self.directory.glob("*.csv"):
             rows = list(csv.reader(io.StringIO(csv_path.read_text(encoding="utf-8"))))
             if not rows:
@@ -68,7 +68,7 @@ class MetricsLog:
             kept_rows = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= step]
             buffer = io.StringIO()
             csv.writer(buffer, lineterminator="\n").writerows(kept_rows)
-            write_text_atomically(csv_path, buffer.getvalue())
+            write_text(csv_path, buffer.getvalue())
 
 
 def _csv_columns(path: Path) -> list[str]:

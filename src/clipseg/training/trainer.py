@@ -16,9 +16,7 @@ import dataclasses
 import logging
 import math
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,17 +31,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
+from ..fileio import write_text
 from ..model.clipseg import CLIPSeg
 from .batch import autocast, conditional_vectors, resolve_device, resolve_precision
 from .checkpoint import (
     CHECKPOINTS_DIR,
     Checkpoint,
-    install_directory,
     list_checkpoints,
     prune_checkpoints,
     read_checkpoint,
+    staged_directory,
     write_checkpoint,
-    write_text_atomically,
 )
 from .config import RESUMABLE_OVERRIDES, TrainConfig, changed_keys
 from .data import (
@@ -198,7 +196,7 @@ class Trainer:
         metrics_log = None
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(self.output_dir / CONFIG_FILE, config.to_yaml())
+            write_text(self.output_dir / CONFIG_FILE, config.to_yaml())
             resumed_from = self.step if self.last_checkpoint is not None else None
             metrics_log = MetricsLog(self.output_dir, resume_step=resumed_from, tensorboard=config.run.tensorboard)
         show_progress = main and (config.run.progress if config.run.progress is not None else sys.stderr.isatty())
@@ -380,14 +378,8 @@ class Trainer:
 
     def export(self, directory: Path) -> Path:
         """Write the whole model (CLIP + trained decoder) as a `clipseg.load_model` directory, atomically."""
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
+        with staged_directory(directory) as staging:
             self.model.save_pretrained(staging)
-            install_directory(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         logger.info("model exported: %s", directory)
         return directory
 
