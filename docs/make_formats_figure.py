@@ -21,6 +21,7 @@ from skimage import data
 import clipseg
 from clipseg.cli import app
 from clipseg.model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
+from clipseg.testing import he_init_
 
 FIGURE = Path(__file__).parent / "images" / "formats.png"
 PROMPT = "a cup"
@@ -37,18 +38,8 @@ def random_model(directory: Path) -> Path:
         decoder=DecoderConfig(reduce_dim=16, heads=2, mlp_width=32, extract_layers=(1, 2, 3), head="simple"),
     )
     generator = torch.Generator().manual_seed(0)
-    model = clipseg.CLIPSeg(config)
+    model = he_init_(clipseg.CLIPSeg(config), seed=generator)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.ndim > 1:
-                fan_in = (
-                    parameter.shape[0]
-                    if "trans_conv" in name and parameter.shape[0] != parameter.shape[1]
-                    else parameter[0].numel()
-                )
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * math.sqrt(2.0 / fan_in))
-            elif name.endswith("bias"):
-                parameter.zero_()
         head = model.decoder.trans_conv.weight  # (reduce_dim, 1, 16, 16)
         head.copy_(torch.randn(head.shape[0], 1, 1, 1, generator=generator).expand_as(head) * 0.5)
     return model.save_pretrained(directory)

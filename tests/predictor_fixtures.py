@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 import clipseg
 from clipseg.model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
+from clipseg.testing import he_init_
 
 # EXIF tag 0x0112; value 6 means "rotate 90 degrees clockwise to display" (the photo is stored lying on its side).
 ORIENTATION_TAG = 0x0112
@@ -28,21 +27,7 @@ def tiny_config(head: str = "refined") -> CLIPSegConfig:
 def tiny_model(seed: int = 0, head: str = "refined") -> clipseg.CLIPSeg:
     """Random weights re-drawn He-scaled with zero biases, so that logits vary across pixels and prompts (the
     default init leaves them almost constant)."""
-    generator = torch.Generator().manual_seed(seed)
-    model = clipseg.CLIPSeg(tiny_config(head))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.ndim > 1:
-                # ConvTranspose2d weights are (in, out, k, k): their fan-in is the input channels.
-                fan_in = (
-                    parameter.shape[0]
-                    if "trans_conv" in name and parameter.shape[0] != parameter.shape[1]
-                    else parameter[0].numel()
-                )
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * math.sqrt(2.0 / fan_in))
-            elif name.endswith("bias"):
-                parameter.zero_()
-    return model.eval()
+    return he_init_(clipseg.CLIPSeg(tiny_config(head)), seed=seed).eval()
 
 
 def save_tiny_model(directory: Path, seed: int = 0) -> Path:

@@ -2,10 +2,13 @@
 
 Fresh initialisations make a poor test: transformers draws the CLIPSeg decoder from N(0, 1), which saturates its
 attention, and LayerNorms start at (1, 0), which hides swapped parameters. `perturb_` re-draws the decoder at a
-sane scale and adds noise everywhere else so that logits vary across pixels and prompts.
+sane scale and adds noise everywhere else so that logits vary across pixels and prompts. `he_init_` re-draws
+every weight matrix He-scaled with zero biases, for tests that want large, clearly varying outputs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -19,6 +22,8 @@ TINY_CONFIG = CLIPSegConfig(
     text=TextConfig(width=64, layers=2, heads=1, mlp_width=128, output_dim=32),
     decoder=DecoderConfig(reduce_dim=16, heads=4, mlp_width=64, extract_layers=(1, 2, 3)),
 )
+
+_TRANSPOSED_CONVOLUTIONS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 @torch.no_grad()
@@ -35,6 +40,23 @@ def perturb_(module: nn.Module, *, seed: int, decoder_prefixes: tuple[str, ...] 
                 param.add_(0.1 * noise)
         else:
             param.add_(0.02 * noise)
+    return module
+
+
+@torch.no_grad()
+def he_init_(module: nn.Module, *, seed: int | torch.Generator) -> nn.Module:
+    """Re-draw every weight of two or more dimensions from N(0, 2 / fan_in) and zero the biases, in place; other
+    parameters (LayerNorm scales, ...) keep their values. `seed` may be a generator to draw from (it is advanced).
+    Returns `module`."""
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    # Transposed convolutions store (in, out, k, k) weights: their fan-in is the input channels.
+    transposed = {id(m.weight) for m in module.modules() if isinstance(m, _TRANSPOSED_CONVOLUTIONS)}
+    for name, parameter in module.named_parameters():
+        if parameter.ndim > 1:
+            fan_in = parameter.shape[0] if id(parameter) in transposed else parameter[0].numel()
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * math.sqrt(2.0 / fan_in))
+        elif name.endswith("bias"):
+            parameter.zero_()
     return module
 
 
