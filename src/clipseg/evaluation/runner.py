@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..progress import progress_bar
 from .config import EvalConfig
 from .engine import Row, Runtime
 from .protocols import make_protocol
@@ -22,28 +23,6 @@ class EvaluationResult:
 
     rows: list[Row]
     files: ReportFiles
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -72,7 +51,7 @@ def run_evaluation(config: EvalConfig, *, resume: bool = True, progress: bool | 
     show = sys.stderr.isatty() if progress is None else progress
     torch.manual_seed(config.seed)
     rows: list[Row] = []
-    bars = _progress(show)
+    bars = progress_bar(disable=not show)
     with bars if show else nullcontext():
         runtime = Runtime(config, progress=bars if show else None, resume=resume)
         for spec in config.models:

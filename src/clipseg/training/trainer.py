@@ -420,25 +420,12 @@ class _Progress:
         self._progress = None
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import TextColumn
 
-        self._progress = Progress(
-            TextColumn("training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("{task.fields[throughput]:.1f} samples/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
+        from ..progress import progress_bar
+
+        self._progress = progress_bar(
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[throughput]:.1f} samples/s")
         )
         self._task = self._progress.add_task("training", total=total, completed=completed, loss=float("nan"), throughput=0.0)
         self._progress.start()
