@@ -10,7 +10,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -26,6 +26,19 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")
+
+# Arguments and options of every command that loads a model.
+ModelArgument = Annotated[str, typer.Argument(help="Hub id, local checkpoint folder, or original .pth decoder file.")]
+ClipOption = Annotated[
+    str | None, typer.Option(help="CLIP weights for an original .pth decoder file.", rich_help_panel="Model")
+]
+LayersOption = Annotated[
+    str | None,
+    typer.Option(
+        "--extract-layers", help="Override the CLIP blocks the decoder reads, e.g. 3,7,9.", rich_help_panel="Model"
+    ),
+]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
 class CLIError(Exception):

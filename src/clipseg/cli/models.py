@@ -7,16 +7,25 @@ from typing import Annotated
 
 import typer
 
-from .common import EXIT_USAGE, CLIError, load_model_or_fail, print_line, run_command, stderr_console
+from .common import (
+    EXIT_USAGE,
+    CLIError,
+    ClipOption,
+    DebugOption,
+    LayersOption,
+    ModelArgument,
+    load_model_or_fail,
+    print_line,
+    run_command,
+    stderr_console,
+)
 
 
 def info(
-    model: Annotated[str, typer.Argument(help="Hub id, local checkpoint folder, or original .pth decoder file.")],
-    clip: Annotated[str | None, typer.Option(help="CLIP weights for an original .pth decoder file.")] = None,
-    extract_layers: Annotated[
-        str | None, typer.Option("--extract-layers", help="Override the CLIP blocks, e.g. 3,7,9.")
-    ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    model: ModelArgument,
+    clip: ClipOption = None,
+    extract_layers: LayersOption = None,
+    debug: DebugOption = False,
 ) -> None:
     """Show a model's architecture, preprocessing and parameter counts."""
 
@@ -65,12 +74,10 @@ def info(
 def convert(
     source: Annotated[str, typer.Argument(help="Hub id, transformers folder, or original .pth decoder file.")],
     destination: Annotated[Path, typer.Argument(help="Folder to write (safetensors + config + tokenizer files).")],
-    clip: Annotated[str | None, typer.Option(help="CLIP weights for an original .pth decoder file.")] = None,
-    extract_layers: Annotated[
-        str | None, typer.Option("--extract-layers", help="CLIP blocks the decoder reads, e.g. 3,7,9.")
-    ] = None,
+    clip: ClipOption = None,
+    extract_layers: LayersOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Convert any checkpoint `load_model` reads into this package's own format (loadable with --model DST)."""
 

@@ -24,6 +24,9 @@ from .common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CLIError,
+    ClipOption,
+    DebugOption,
+    LayersOption,
     load_model_or_fail,
     one_line,
     print_line,
@@ -35,7 +38,6 @@ from .common import (
 if TYPE_CHECKING:
     from PIL import Image
     from rich.console import Console
-    from rich.progress import Progress
 
     from ..postprocess import MaskOptions
     from ..predictor import ImagePrompt, Prediction, Predictor, Prompt
@@ -86,15 +88,6 @@ ModelOption = Annotated[
         rich_help_panel="Model",
     ),
 ]
-ClipOption = Annotated[
-    str | None, typer.Option(help="CLIP weights for an original .pth decoder file.", rich_help_panel="Model")
-]
-LayersOption = Annotated[
-    str | None,
-    typer.Option(
-        "--extract-layers", help="Override the CLIP blocks the decoder reads, e.g. 3,7,9.", rich_help_panel="Model"
-    ),
-]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Model")]
 BatchOption = Annotated[
     int, typer.Option("--batch-size", "-b", min=1, help="Images per backbone call.", rich_help_panel="Model")
@@ -137,7 +130,6 @@ OverwriteOption = Annotated[
 MaxPixelsOption = Annotated[
     int | None, typer.Option(help="Refuse images with more pixels (Pillow's decompression-bomb limit); 0 = no limit.")
 ]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
 @dataclass
@@ -154,6 +146,22 @@ class Job:
 
     def done(self) -> bool:
         return all(path.exists() for path in self.files.values())
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The options `segment` and `labels` share: which model, and how to run it over the images."""
+
+    command: str
+    model: str
+    clip: str | None
+    extract_layers: str | None
+    device: str
+    batch_size: int
+    overwrite: bool
+    templates: TemplateSet
+    ensemble: bool
+    debug: bool
 
 
 @dataclass
@@ -250,6 +258,9 @@ def segment(
     Example: clipseg segment photos/ -p "a cup" -p "something to sit on" -o masks/
     """
     formats = list(dict.fromkeys(output_format or [OutputFormat.mask]))
+    settings = RunSettings(
+        "segment", model, clip, extract_layers, device, batch_size, overwrite, templates, ensemble, debug
+    )
 
     def body() -> int:
         from ..postprocess import MaskOptions
@@ -281,29 +292,11 @@ def segment(
         def write(job: Job, image: Image.Image, prediction: Prediction) -> int:
             return _write_segmentation(job, image, prediction, formats, options, union, entry_names, overwrite)
 
-        summary = _run(
-            jobs,
-            failures,
-            output,
-            console,
-            prompts=prompts,
-            negatives=negatives,
-            write=write,
-            model=model,
-            clip=clip,
-            extract_layers=extract_layers,
-            device=device,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            predict_options={"templates": templates.value, "ensemble": ensemble},
-            debug=debug,
-            command="segment",
+        return _run(
+            jobs, failures, output, console, prompts=prompts, negatives=negatives, write=write, settings=settings
         )
-        return _finish(summary, output, "segment")
 
-    status = run_command(body, debug=debug)
-    if status:
-        raise typer.Exit(status)
+    _exit_with(run_command(body, debug=debug))
 
 
 def labels(
@@ -335,6 +328,9 @@ def labels(
 
     Example: clipseg labels photos/ -p cat -p dog -p sofa -o labels/
     """
+    settings = RunSettings(
+        "labels", model, clip, extract_layers, device, batch_size, overwrite, templates, ensemble, debug
+    )
 
     def body() -> int:
         from ..outputs import label_colours, save_json
@@ -367,27 +363,12 @@ def labels(
 
         _prepare_output(output)
         save_json(legend, output / LEGEND_NAME)  # rewritten each run: cheap, and always matches the prompts
-        summary = _run(
-            jobs,
-            failures,
-            output,
-            console,
-            prompts=texts,
-            negatives=negatives,
-            write=write,
-            model=model,
-            clip=clip,
-            extract_layers=extract_layers,
-            device=device,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            predict_options={"templates": templates.value, "ensemble": ensemble},
-            debug=debug,
-            command="labels",
-        )
-        return _finish(summary, output, "labels")
+        return _run(jobs, failures, output, console, prompts=texts, negatives=negatives, write=write, settings=settings)
 
-    status = run_command(body, debug=debug)
+    _exit_with(run_command(body, debug=debug))
+
+
+def _exit_with(status: int) -> None:
     if status:
         raise typer.Exit(status)
 
@@ -466,44 +447,46 @@ def _run(
     prompts: Sequence[Prompt],
     negatives: Sequence[str],
     write: Callable[[Job, Image.Image, Prediction], int],
-    model: str,
-    clip: str | None,
-    extract_layers: str | None,
-    device: str,
-    batch_size: int,
-    overwrite: bool,
-    predict_options: dict,
-    debug: bool,
-    command: str,
-) -> Summary:
+    settings: RunSettings,
+) -> int:
+    """Segment the jobs whose outputs are missing (all with --overwrite), print the summary; returns the exit
+    status."""
     summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
     for source, reason in failures:
         print_line(console, f"error: {source}: {reason}")
     if not jobs and not failures:
         raise CLIError("no images to segment", EXIT_USAGE)
-    todo = [job for job in jobs if overwrite or not job.done()]
+    todo = [job for job in jobs if settings.overwrite or not job.done()]
     summary.skipped = len(jobs) - len(todo)
     if not todo:
-        return summary
+        return _finish(summary, output, settings.command)
     from ..predictor import Predictor
+    from ..progress import progress_bar
 
     loaded = load_model_or_fail(
-        model, device=resolve_device(device), clip=clip, extract_layers=extract_layers, console=console
+        settings.model,
+        device=resolve_device(settings.device),
+        clip=settings.clip,
+        extract_layers=settings.extract_layers,
+        console=console,
     )
     predictor = Predictor(loaded)
+    predict_options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
     try:
-        with _progress(console) as progress:
+        with progress_bar(console=console, disable=not console.is_terminal) as progress:
             task = progress.add_task("segmenting", total=len(todo))
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
+            for start in range(0, len(todo), settings.batch_size):
+                batch = todo[start : start + settings.batch_size]
                 progress.update(task, description=_short(batch[0].source.name))
-                _run_batch(batch, predictor, prompts, negatives, predict_options, write, summary, console, debug)
+                _run_batch(
+                    batch, predictor, prompts, negatives, predict_options, write, summary, console, settings.debug
+                )
                 progress.advance(task, len(batch))
     except KeyboardInterrupt:
         print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
-        _print_summary(summary, output, command)
+        _print_summary(summary, output, settings.command)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    return summary
+    return _finish(summary, output, settings.command)
 
 
 def _run_batch(
@@ -699,27 +682,6 @@ def _limit_pixels(max_pixels: int | None) -> None:
         from PIL import Image
 
         Image.MAX_IMAGE_PIXELS = max_pixels or None
-
-
-def _progress(console: Console) -> Progress:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
 
 
 def _finish(summary: Summary, output: Path, command: str) -> int:
