@@ -34,9 +34,9 @@ def make_head(reduce_dim: int, patch_size: int, kind: str) -> nn.Module:
         step = patch_size // 4
         return nn.Sequential(
             nn.Conv2d(reduce_dim, reduce_dim, 3, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             PatchConvTranspose2d(reduce_dim, reduce_dim // 2, step),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             PatchConvTranspose2d(reduce_dim // 2, 1, step),
         )
     raise ValueError(f"unknown decoder head {kind!r} (simple or refined)")

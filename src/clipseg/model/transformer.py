@@ -117,5 +117,6 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x + self.dropout(self.self_attn(x)))
-        feed_forward = self.linear2(self.dropout(F.relu(self.linear1(x))))
+        # In place: the 2048-wide hidden layer is the decoder's largest tensor (B*tokens*2048 per block).
+        feed_forward = self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True)))
         return self.norm2(x + self.dropout(feed_forward))
