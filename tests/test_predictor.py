@@ -197,6 +197,14 @@ def test_predict_batch_equals_one_image_at_a_time_with_one_backbone_call(predict
     assert predictor.predict_batch([], "a cup") == []
 
 
+def test_predict_batch_runs_the_backbone_in_chunks_of_four(predictor, coffee, backbone_calls):
+    images = [coffee[: 200 + 20 * i] for i in range(5)]
+    batch = predictor.predict_batch(images, "a cup")
+    assert backbone_calls.calls == 2
+    predictor.set_image(images[4])
+    torch.testing.assert_close(batch[4].logits, predictor.predict("a cup").logits, atol=1e-4, rtol=1e-4)
+
+
 def test_decoder_is_chunked_over_many_prompts(predictor, coffee):
     predictor.set_image(coffee)
     prompts = [f"object number {i}" for i in range(19)]  # more than one decoder chunk
