@@ -269,6 +269,21 @@ def test_unwritable_output_folder(tmp_path, photos, model_dir):
         assert segment(photos / "chelsea.png", "-p", "a cat", "-o", locked, "--model", model_dir).exit_code == 1
 
 
+def test_precision_option(tmp_path, photos, model_dir):
+    masks = {}
+    for precision in ("fp32", "int8", "bf16"):
+        out = tmp_path / precision
+        args = [photos / "chelsea.png", "-p", "a cat", "-f", "soft", "-o", out, "--model", model_dir]
+        result = segment(*args, "--device", "cpu", "--precision", precision)
+        assert result.exit_code == 0, result.output
+        (path,) = out.glob("*.png")
+        masks[precision] = np.asarray(Image.open(path), dtype=float) / 255
+    for precision in ("int8", "bf16"):
+        assert np.abs(masks[precision] - masks["fp32"]).mean() < 0.01  # tiny random weights: not a quality bound
+    bad = segment(photos / "chelsea.png", "-p", "a cat", "-o", tmp_path / "x", "--model", model_dir, "--precision", "int4")
+    assert bad.exit_code == 2 and "int4" in bad.output
+
+
 def test_missing_model_is_one_line(tmp_path, photos):
     result = segment(photos / "chelsea.png", "-p", "a cat", "-o", tmp_path / "out", "--model", tmp_path / "no_model")
     assert result.exit_code == 1

@@ -126,3 +126,41 @@ def test_cli_exports_and_checks(tmp_path):
     assert OnnxModel(tmp_path / "onnx").config.image_size == SIDE
     result = CliRunner().invoke(app, ["export-onnx", str(tmp_path / "missing"), str(tmp_path / "out")])
     assert result.exit_code != 0 and "no such file" in result.output
+
+
+def test_cli_segments_with_the_onnx_backend_as_with_torch(tmp_path):
+    from typer.testing import CliRunner
+
+    from clipseg.cli import app
+
+    runner = CliRunner()
+    random_model().save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    export = runner.invoke(app, ["export-onnx", str(tmp_path / "model"), str(tmp_path / "onnx")])
+    assert export.exit_code == 0, export.output
+
+    def segment(model: str, *options: str):
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        args = ["segment", str(tmp_path / "photo.png"), "-p", "a cup", "-p", "a chair", "-f", "soft"]
+        result = runner.invoke(app, [*args, "-o", str(out), "--model", str(tmp_path / model), *options])
+        return result, {p.name: np.asarray(Image.open(p), dtype=int) for p in sorted(out.glob("*.png"))}
+
+    torch_result, torch_masks = segment("model", "--device", "cpu")
+    onnx_result, onnx_masks = segment("onnx", "--backend", "onnx")
+    assert torch_result.exit_code == 0 and onnx_result.exit_code == 0, onnx_result.output
+    assert sorted(onnx_masks) == sorted(torch_masks) and len(onnx_masks) == 2
+    for name, mask in onnx_masks.items():
+        assert mask.shape == (90, 120)
+        assert np.abs(mask - torch_masks[name]).max() <= 1  # 8-bit probabilities, outputs <= 1e-4 apart
+        assert mask.std() > 0
+
+    for model, options, message in [
+        ("model", ["--backend", "onnx"], "clipseg export-onnx"),
+        ("onnx", [], "--backend onnx"),
+        ("onnx", ["--backend", "onnx", "--precision", "int8"], "fp32 graphs"),
+        ("onnx", ["--backend", "onnx", "--extract-layers", "1,2,3"], "fixed when a model is exported"),
+    ]:
+        result, _ = segment(model, *options)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output

@@ -51,9 +51,9 @@ def test_int8_quantises_every_tower_linear_and_stays_close(reference):
 
     model = quantize_dynamic(random_model())
     for tower in (model.visual, model.text):
-        assert not any(type(m) is nn.Linear for m in tower.modules())
+        assert not any(isinstance(m, nn.Linear) for m in tower.modules())
         assert all(isinstance(m.in_proj, DynamicInt8Linear) for m in tower.modules() if isinstance(m, Attention))
-    assert any(type(m) is nn.Linear for m in model.decoder.modules())  # the decoder stays float32
+    assert any(isinstance(m, nn.Linear) for m in model.decoder.modules())  # the decoder stays float32
     got = _probabilities(model, pixels, ids)
     assert got.dtype == torch.float32
     assert (got - expected).abs().max() < 0.05
@@ -122,3 +122,36 @@ def _cpu_supports_fp16_conv() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def test_fp32_cpu_inference_takes_onednn_and_matches_the_blas_path(reference, monkeypatch):
+    import clipseg.model.linear as linear_module
+
+    if linear_module._onednn_linear is None:
+        pytest.skip("this torch build has no oneDNN")
+    pixels, ids, expected = reference
+    calls = []
+    onednn = linear_module._onednn_linear
+    monkeypatch.setattr(linear_module, "_onednn_linear", lambda *args: calls.append(1) or onednn(*args))
+    model = random_model()
+    got = _probabilities(model, pixels, ids)
+    linears = sum(isinstance(m, nn.Linear) for m in model.modules()) + sum(
+        isinstance(m, Attention) for m in model.modules()
+    )
+    assert len(calls) >= linears - 2  # every projection ran through oneDNN (the pooled-out tails excepted)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    calls.clear()
+    with torch.backends.mkldnn.flags(enabled=False):
+        torch.testing.assert_close(_probabilities(model, pixels, ids), expected, atol=1e-5, rtol=0)
+    assert not calls
+
+
+def test_training_backpropagates_through_the_decoder_linears():
+    # The frozen CLIP may take oneDNN (no gradient needed); the decoder's linears must stay differentiable.
+    model = random_model().train()
+    pixels, ids = _inputs(model)
+    with torch.no_grad():
+        conditional = model.encode_text(ids[:2])
+    model(pixels, conditional).float().mean().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.decoder.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in model.visual.parameters())

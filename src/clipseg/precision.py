@@ -52,14 +52,20 @@ def quantize_dynamic(model: CLIPSeg) -> CLIPSeg:
         warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*deprecated")
         from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
         from torch.ao.quantization import per_channel_dynamic_qconfig
-        from torch.ao.quantization import quantize_dynamic as ao_quantize_dynamic
+
+        def quantized(weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module:
+            # `from_float` takes exactly an nn.Linear carrying a qconfig; ours are a subclass, and the
+            # attention's packed q/k/v projection is two bare parameters.
+            plain = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+            plain.weight, plain.bias = weight, bias
+            plain.qconfig = per_channel_dynamic_qconfig
+            return DynamicInt8Linear.from_float(plain)
 
         for tower in (model.visual, model.text):
-            ao_quantize_dynamic(tower, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-            for attention in tower.modules():
-                if isinstance(attention, Attention):
-                    packed = nn.Linear(attention.in_proj_weight.shape[1], attention.in_proj_weight.shape[0])
-                    packed.weight, packed.bias = attention.in_proj_weight, attention.in_proj_bias
-                    packed.qconfig = per_channel_dynamic_qconfig
-                    attention.in_proj = DynamicInt8Linear.from_float(packed)
+            for module in list(tower.modules()):
+                if isinstance(module, Attention):
+                    module.in_proj = quantized(module.in_proj_weight, module.in_proj_bias)
+                for name, child in module.named_children():
+                    if isinstance(child, nn.Linear):
+                        setattr(module, name, quantized(child.weight, child.bias))
     return model

@@ -10,6 +10,8 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -17,6 +19,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ..export.runtime import OnnxModel
     from ..model.clipseg import CLIPSeg
 
 # The same default as clipseg.checkpoints.pretrained.DEFAULT_MODEL, spelled out to keep torch out of --help.
@@ -39,6 +42,37 @@ LayersOption = Annotated[
     ),
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
+class Precision(str, Enum):
+    """Number format of inference (`clipseg.precision.apply_precision`)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Backend(str, Enum):
+    """What runs the model: PyTorch, or onnxruntime on a `clipseg export-onnx` folder."""
+
+    torch = "torch"
+    onnx = "onnx"
+
+
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        help="fp32; bf16 (CPUs with AVX-512 BF16/AMX, GPUs); fp16 (GPUs); int8 (CPU, dynamic quantisation).",
+        rich_help_panel="Model",
+    ),
+]
+BackendOption = Annotated[
+    Backend,
+    typer.Option(
+        help="torch, or onnx: --model is then a folder written by `clipseg export-onnx`.", rich_help_panel="Model"
+    ),
+]
 
 
 class CLIError(Exception):
@@ -156,3 +190,52 @@ def load_model_or_fail(
             return load_model(source, device=device, clip=clip, extract_layers=layers)
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
         raise CLIError(one_line(error)) from None
+
+
+def load_engine_or_fail(
+    source: str,
+    *,
+    backend: Backend = Backend.torch,
+    precision: Precision = Precision.fp32,
+    device: str = "cpu",
+    clip: str | None = None,
+    extract_layers: str | None = None,
+    console: Console | None = None,
+) -> CLIPSeg | OnnxModel:
+    """What a `Predictor` runs: a PyTorch model at `precision` on `device`, or onnxruntime sessions on an ONNX
+    export folder. Every mismatch (an export given to torch, int8 on a GPU, ...) is a one-line CLIError."""
+    from ..export.onnx import GRAPHS
+
+    is_export = Path(source).is_dir() and all((Path(source) / f"{graph}.onnx").is_file() for graph in GRAPHS)
+    if backend == Backend.onnx:
+        if not is_export:
+            raise CLIError(
+                f"--backend onnx runs an ONNX export, and {source} is not one: write it with "
+                f"`clipseg export-onnx {source} clipseg-onnx/`, then pass --model clipseg-onnx/",
+                EXIT_USAGE,
+            )
+        if precision != Precision.fp32:
+            raise CLIError(f"--precision {precision.value}: the ONNX backend runs fp32 graphs", EXIT_USAGE)
+        if device != "cpu":
+            raise CLIError(f"--device {device}: the ONNX backend runs on the CPU (use --device cpu)", EXIT_USAGE)
+        if clip is not None or extract_layers is not None:
+            raise CLIError(
+                "--clip and --extract-layers are fixed when a model is exported, not at run time", EXIT_USAGE
+            )
+        from ..export.runtime import OnnxModel
+
+        try:
+            return OnnxModel(source)
+        except (FileNotFoundError, ValueError, OSError) as error:
+            raise CLIError(one_line(error)) from None
+        except Exception as error:  # onnxruntime reports unreadable graphs with its own exception types
+            raise CLIError(f"{source}: onnxruntime could not load the export: {one_line(error)}") from None
+    if is_export:
+        raise CLIError(f"{source} is an ONNX export: run it with --backend onnx", EXIT_USAGE)
+    model = load_model_or_fail(source, device=device, clip=clip, extract_layers=extract_layers, console=console)
+    from ..precision import apply_precision
+
+    try:
+        return apply_precision(model, precision.value)
+    except ValueError as error:
+        raise CLIError(f"--precision {precision.value}: {one_line(error)}", EXIT_USAGE) from None

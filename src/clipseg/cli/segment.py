@@ -20,6 +20,8 @@ import typer
 
 from .common import (
     DEFAULT_MODEL,
+    Backend,
+    BackendOption,
     EXIT_FAILURES,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -27,7 +29,9 @@ from .common import (
     ClipOption,
     DebugOption,
     LayersOption,
-    load_model_or_fail,
+    Precision,
+    PrecisionOption,
+    load_engine_or_fail,
     one_line,
     print_line,
     resolve_device,
@@ -157,6 +161,8 @@ class RunSettings:
     clip: str | None
     extract_layers: str | None
     device: str
+    precision: Precision
+    backend: Backend
     batch_size: int
     overwrite: bool
     templates: TemplateSet
@@ -248,6 +254,8 @@ def segment(
     clip: ClipOption = None,
     extract_layers: LayersOption = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.fp32,
+    backend: BackendOption = Backend.torch,
     batch_size: BatchOption = 4,
     overwrite: OverwriteOption = False,
     max_pixels: MaxPixelsOption = None,
@@ -259,7 +267,8 @@ def segment(
     """
     formats = list(dict.fromkeys(output_format or [OutputFormat.mask]))
     settings = RunSettings(
-        "segment", model, clip, extract_layers, device, batch_size, overwrite, templates, ensemble, debug
+        "segment", model, clip, extract_layers, device, precision, backend, batch_size, overwrite, templates, ensemble,
+        debug,
     )
 
     def body() -> int:
@@ -316,6 +325,8 @@ def labels(
     clip: ClipOption = None,
     extract_layers: LayersOption = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.fp32,
+    backend: BackendOption = Backend.torch,
     batch_size: BatchOption = 4,
     overwrite: OverwriteOption = False,
     max_pixels: MaxPixelsOption = None,
@@ -329,7 +340,8 @@ def labels(
     Example: clipseg labels photos/ -p cat -p dog -p sofa -o labels/
     """
     settings = RunSettings(
-        "labels", model, clip, extract_layers, device, batch_size, overwrite, templates, ensemble, debug
+        "labels", model, clip, extract_layers, device, precision, backend, batch_size, overwrite, templates, ensemble,
+        debug,
     )
 
     def body() -> int:
@@ -463,9 +475,14 @@ def _run(
     from ..predictor import Predictor
     from ..progress import progress_bar
 
-    loaded = load_model_or_fail(
+    device = settings.device
+    if settings.backend == Backend.onnx and device == "auto":
+        device = "cpu"
+    loaded = load_engine_or_fail(
         settings.model,
-        device=resolve_device(settings.device),
+        backend=settings.backend,
+        precision=settings.precision,
+        device=resolve_device(device),
         clip=settings.clip,
         extract_layers=settings.extract_layers,
         console=console,

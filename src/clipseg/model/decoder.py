@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .config import CLIPSegConfig
+from .linear import Linear
 from .transformer import DecoderBlock
 
 
@@ -47,10 +48,10 @@ class Decoder(nn.Module):
         super().__init__()
         dec, width = config.decoder, config.vision.width
         self.cond_layer = dec.cond_layer
-        self.film_mul = nn.Linear(config.vision.output_dim, dec.reduce_dim)
-        self.film_add = nn.Linear(config.vision.output_dim, dec.reduce_dim)
+        self.film_mul = Linear(config.vision.output_dim, dec.reduce_dim)
+        self.film_add = Linear(config.vision.output_dim, dec.reduce_dim)
         depth = len(dec.extract_layers)
-        self.reduces = nn.ModuleList(nn.Linear(width, dec.reduce_dim) for _ in range(depth))
+        self.reduces = nn.ModuleList(Linear(width, dec.reduce_dim) for _ in range(depth))
         self.blocks = nn.ModuleList(
             DecoderBlock(dec.reduce_dim, dec.heads, dec.mlp_width, dec.layer_norm_eps) for _ in range(depth)
         )

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Activation
+from .linear import Linear, linear
 
 
 class QuickGELU(nn.Module):
@@ -40,7 +41,7 @@ class Attention(nn.Module):
         self.dropout = dropout  # on the attention probabilities, while training
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
         # Optional stand-in for the packed q/k/v projection, e.g. an int8 dynamically quantised Linear
         # (`clipseg.precision.quantize_dynamic`); the parameters above stay the checkpoint's.
         self.in_proj: nn.Module | None = None
@@ -52,7 +53,7 @@ class Attention(nn.Module):
         """`logit_mask` (B, N or 1, N) multiplies the scaled attention logits before the softmax (the original
         CLIPSeg's CLIP-internal masking for visual prompts); otherwise the fused kernel runs."""
         batch, tokens, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias) if self.in_proj is None else self.in_proj(x)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias) if self.in_proj is None else self.in_proj(x)
         q, k, v = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         if logit_mask is None:
             dropout = self.dropout if self.training else 0.0
@@ -66,9 +67,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, width: int, hidden: int, activation: Activation) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(width, hidden)
+        self.c_fc = Linear(width, hidden)
         self.act = make_activation(activation)
-        self.c_proj = nn.Linear(hidden, width)
+        self.c_proj = Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.act(self.c_fc(x)))
@@ -109,8 +110,8 @@ class DecoderBlock(nn.Module):
     def __init__(self, width: int, heads: int, mlp_width: int, eps: float, dropout: float = 0.1) -> None:
         super().__init__()
         self.self_attn = Attention(width, heads, dropout)
-        self.linear1 = nn.Linear(width, mlp_width)
-        self.linear2 = nn.Linear(mlp_width, width)
+        self.linear1 = Linear(width, mlp_width)
+        self.linear2 = Linear(mlp_width, width)
         self.norm1 = nn.LayerNorm(width, eps=eps)
         self.norm2 = nn.LayerNorm(width, eps=eps)
         self.dropout = nn.Dropout(dropout)
