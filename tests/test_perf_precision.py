@@ -66,7 +66,7 @@ def test_half_precisions_run_and_stay_close(reference, precision, device):
     pixels, ids, expected = reference
     if device == "cpu" and precision == "fp16" and not _cpu_supports_fp16_conv():
         pytest.skip("this torch build has no float16 CPU convolution")
-    model = apply_precision(random_model(), precision).to(device)
+    model = apply_precision(random_model().to(device), precision)
     assert model.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     got = _probabilities(model, pixels.to(device), ids.to(device))
     assert (got - expected).abs().max() < 0.05
@@ -155,3 +155,36 @@ def test_training_backpropagates_through_the_decoder_linears():
     model(pixels, conditional).float().mean().backward()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in model.decoder.parameters() if p.requires_grad)
     assert all(p.grad is None for p in model.visual.parameters())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_packed_weights_give_the_same_outputs_and_save_dense(reference, precision, tmp_path):
+    import clipseg
+    from clipseg.model.linear import _onednn_linear, linear
+
+    if _onednn_linear is None:
+        pytest.skip("this torch build has no oneDNN")
+    pixels, ids, expected = reference
+    plain = random_model().to(_DTYPES[precision])
+    state = {name: tensor.clone() for name, tensor in plain.state_dict().items()}
+    unpacked = _probabilities(plain, pixels, ids)
+    model = apply_precision(random_model(), precision)
+    packed = [p for p in model.parameters() if p.is_mkldnn]
+    assert len(packed) == sum(isinstance(m, (nn.Linear, Attention)) for m in model.modules())
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    torch.testing.assert_close(_probabilities(model, pixels, ids), unpacked, atol=tolerance, rtol=0)
+    saved = model.state_dict()
+    assert saved.keys() == state.keys() and all(saved[k].to_dense().equal(v) for k, v in state.items())
+    reloaded = clipseg.load_model(model.save_pretrained(tmp_path / "saved"))
+    assert all(reloaded.state_dict()[k].equal(v.float()) for k, v in state.items())
+    with pytest.raises(ValueError, match="packed for CPU inference"):
+        linear(torch.randn(3, packed[0].shape[1], dtype=torch.float64), packed[0])
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def test_int8_model_is_not_saved_half_way(tmp_path):
+    with pytest.raises(ValueError, match="int8"):
+        quantize_dynamic(random_model()).save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()

@@ -127,10 +127,13 @@ class CLIPSeg(nn.Module):
         from ..checkpoints.io import write_safetensors
         from ..fileio import write_text
 
+        state = self.state_dict()
+        if not all(isinstance(value, torch.Tensor) for value in state.values()):
+            raise ValueError("this model holds int8-quantised layers, which are for inference: save the float model")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
-        write_safetensors(self.state_dict(), directory / WEIGHTS_NAME)
+        write_safetensors(state, directory / WEIGHTS_NAME)
         # The config goes last: a directory with a config.json is complete.
         config = {"format": self.config_format, **self.saved_config()}
         write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
