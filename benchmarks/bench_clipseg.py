@@ -104,7 +104,7 @@ def gemm_rate(repeats: int) -> dict[str, float]:
     """GFLOP/s of fp32 matrix products, a large square one (the machine's GEMM rate) and the backbone's MLP
     shape, each through torch's BLAS (`torch.mm`, what `F.linear` calls) and through oneDNN with a pre-packed
     weight (what our CPU path calls); the best of the two is the machine's fp32 rate as far as torch reaches it."""
-    from clipseg.model.linear import _onednn_linear
+    from clipseg.model.onednn import _onednn_linear
 
     rates = {}
     for name, (m, k, n) in GEMM_SHAPES.items():
@@ -326,9 +326,10 @@ def main() -> None:
 
 def blas(run: Callable[[], object]) -> object:
     """`run` with oneDNN turned off: every fp32 linear through torch's BLAS."""
-    with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about TF32 on Intel GPUs whenever the flags are set
-        return run()
+        with torch.backends.mkldnn.flags(enabled=False):
+            return run()
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:

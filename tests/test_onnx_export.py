@@ -105,6 +105,16 @@ def test_runtime_rejects_what_the_graphs_cannot_do(models, tmp_path):
         OnnxModel(tmp_path)
 
 
+def test_a_model_packed_for_cpu_inference_exports_the_same_graphs(models, tmp_path):
+    from clipseg.precision import apply_precision
+
+    model, onnx_model = models
+    packed = OnnxModel(export_onnx_model(apply_precision(random_model(), "fp32"), tmp_path, image_size=SIDE))
+    pixels = torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
+    for a, b in zip(packed.extract_features(pixels), onnx_model.extract_features(pixels)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 def test_int8_model_is_refused():
     from clipseg.precision import quantize_dynamic
 

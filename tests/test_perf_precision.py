@@ -125,14 +125,14 @@ def _cpu_supports_fp16_conv() -> bool:
 
 
 def test_fp32_cpu_inference_takes_onednn_and_matches_the_blas_path(reference, monkeypatch):
-    import clipseg.model.linear as linear_module
+    import clipseg.model.onednn as onednn_module
 
-    if linear_module._onednn_linear is None:
+    if onednn_module._onednn_linear is None:
         pytest.skip("this torch build has no oneDNN")
     pixels, ids, expected = reference
     calls = []
-    onednn = linear_module._onednn_linear
-    monkeypatch.setattr(linear_module, "_onednn_linear", lambda *args: calls.append(1) or onednn(*args))
+    onednn = onednn_module._onednn_linear
+    monkeypatch.setattr(onednn_module, "_onednn_linear", lambda *args: calls.append(1) or onednn(*args))
     model = random_model()
     got = _probabilities(model, pixels, ids)
     linears = sum(isinstance(m, nn.Linear) for m in model.modules()) + sum(
@@ -160,7 +160,7 @@ def test_training_backpropagates_through_the_decoder_linears():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_packed_weights_give_the_same_outputs_and_save_dense(reference, precision, tmp_path):
     import clipseg
-    from clipseg.model.linear import _onednn_linear, linear
+    from clipseg.model.onednn import _onednn_linear, linear
 
     if _onednn_linear is None:
         pytest.skip("this torch build has no oneDNN")
@@ -170,7 +170,9 @@ def test_packed_weights_give_the_same_outputs_and_save_dense(reference, precisio
     unpacked = _probabilities(plain, pixels, ids)
     model = apply_precision(random_model(), precision)
     packed = [p for p in model.parameters() if p.is_mkldnn]
-    assert len(packed) == sum(isinstance(m, (nn.Linear, Attention)) for m in model.modules())
+    hot = [*model.visual.transformer.resblocks[: max(model.config.decoder.extract_layers) + 1], model.decoder]
+    assert len(packed) == sum(isinstance(m, (nn.Linear, Attention)) for h in hot for m in h.modules())
+    assert not any(p.is_mkldnn for p in model.text.parameters())
     tolerance = 1e-5 if precision == "fp32" else 2e-2
     torch.testing.assert_close(_probabilities(model, pixels, ids), unpacked, atol=tolerance, rtol=0)
     saved = model.state_dict()
@@ -188,3 +190,26 @@ def test_int8_model_is_not_saved_half_way(tmp_path):
     with pytest.raises(ValueError, match="int8"):
         quantize_dynamic(random_model()).save_pretrained(tmp_path / "q")
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_attention_matches_the_fused_kernel(dtype, monkeypatch):
+    import clipseg.model.onednn as onednn_module
+
+    if onednn_module._onednn_linear is None:
+        pytest.skip("this torch build has no oneDNN")
+    batch, heads, tokens, dim = 2, 3, 70, 32  # wide enough heads and enough tokens for the oneDNN path
+    packed = torch.randn(batch, tokens, 3, heads, dim, generator=torch.Generator().manual_seed(0)).to(dtype)
+    q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)  # strided views, as Attention makes them
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    expected = sdpa(q.float(), k.float(), v.float())
+    fused = []
+    counted = lambda *args, **kwargs: fused.append(1) or sdpa(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(onednn_module.F, "scaled_dot_product_attention", counted)
+    with torch.inference_mode():
+        got = onednn_module.attention(q, k, v, causal=False, dropout=0.0)
+    assert not fused and got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, atol=1e-5 if dtype == torch.float32 else 3e-2, rtol=0)
+    with torch.inference_mode():  # causal attention (the text tower) keeps the fused kernel
+        onednn_module.attention(q, k, v, causal=True, dropout=0.0)
+    assert fused

@@ -4,10 +4,13 @@
     model = apply_precision(model, "int8")        # or "bf16" (CPUs with AVX-512 BF16/AMX, GPUs), "fp16" (GPUs)
 
 bf16/fp16 convert every parameter (`model.to(dtype)`, the same as `load_model(..., dtype=...)`); activations
-follow the weights and the predictor hands back float32 logits. On the CPU, fp32 and bf16 linear weights are
-also pre-packed in oneDNN's layout (`clipseg.model.linear.pack_weights`, ~10% faster): the model is then for
-CPU inference only (its state dict and `save_pretrained` stay as before). int8 replaces the CLIP towers' linear layers,
-including each attention block's packed q/k/v projection, by torch.ao's dynamically quantised Linear: int8
+follow the weights and the predictor hands back float32 logits. On the CPU, fp32 and bf16 linear weights of the
+backbone blocks the decoder reads and of the decoder are also pre-packed in oneDNN's layout
+(`clipseg.model.onednn.pack_weights`, ~10% faster): the model is then for CPU inference only (its state dict and
+`save_pretrained` stay as before). The text tower is left dense: it runs on a few tokens, where packing gains
+little, and packed copies of weights loaded from a memory-mapped file cost memory.
+
+int8 replaces the CLIP towers' linear layers, including each attention block's packed q/k/v projection, by torch.ao's dynamically quantised Linear: int8
 weights (per output channel), activations quantised on the fly, float32 in and out. It runs on the CPU only
 (fbgemm/oneDNN kernels) and is for inference only. The decoder stays float32: it is small, and its output is
 what the masks are thresholded from.
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 from .model.clipseg import CLIPSeg
-from .model.linear import pack_weights
+from .model.onednn import pack_weights
 from .model.transformer import Attention
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
@@ -35,10 +38,19 @@ def apply_precision(model: CLIPSeg, precision: Precision) -> CLIPSeg:
     eval mode. On the CPU every precision but fp16 leaves a model for CPU inference only."""
     if precision in _FLOAT_DTYPES:
         model = model.to(_FLOAT_DTYPES[precision]).eval()
-        return pack_weights(model) if model.device.type == "cpu" else model
+        if model.device.type == "cpu":
+            for module in _packed_modules(model):
+                pack_weights(module)
+        return model
     if precision == "int8":
         return quantize_dynamic(model)
     raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def _packed_modules(model: CLIPSeg) -> list[nn.Module]:
+    """The backbone blocks up to the deepest extract layer (the hot path) and the decoder."""
+    deepest = max(model.config.decoder.extract_layers)
+    return [*model.visual.transformer.resblocks[: deepest + 1], model.decoder]
 
 
 def quantize_dynamic(model: CLIPSeg) -> CLIPSeg:

@@ -75,7 +75,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write ``state`` to a safetensors file atomically (temporary file in the same directory, then rename).
 
-    Tensors are detached, moved to the CPU, made dense and contiguous; tensors that share storage with another
+    Tensors are detached, moved to the CPU and made contiguous; tensors that share storage with another
     entry are cloned, since safetensors stores each tensor separately.
     """
     path = Path(path)
@@ -95,8 +95,6 @@ def _independent_contiguous_tensors(state: Mapping[str, torch.Tensor]) -> dict[s
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise ValueError(f"state entry {name!r} must map a str to a torch.Tensor, got {type(tensor).__name__}")
         tensor = tensor.detach().cpu()
-        if tensor.is_mkldnn:  # weights packed for CPU inference (clipseg.model.linear.pack_weights)
-            tensor = tensor.to_dense()
         if tensor.untyped_storage().data_ptr() in seen_storages or not tensor.is_contiguous():
             tensor = tensor.clone(memory_format=torch.contiguous_format)
         seen_storages.add(tensor.untyped_storage().data_ptr())

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .config import CLIPSegConfig
-from .linear import Linear
+from .onednn import Linear
 from .transformer import DecoderBlock
 
 

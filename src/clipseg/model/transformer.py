@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Activation
-from .linear import Linear, linear
+from .onednn import Linear, attention, linear
 
 
 class QuickGELU(nn.Module):
@@ -59,8 +59,7 @@ class Attention(nn.Module):
         qkv = linear(x, self.in_proj_weight, self.in_proj_bias) if self.in_proj is None else self.in_proj(x)
         q, k, v = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         if logit_mask is None:
-            dropout = self.dropout if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
+            out = attention(q, k, v, causal=causal, dropout=self.dropout if self.training else 0.0)
         else:
             logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
             out = (logits * logit_mask.unsqueeze(1)).softmax(dim=-1) @ v
