@@ -147,12 +147,12 @@ class Prediction:
         """(H, W) float32 probability map of prompt `index`, negatives applied."""
         if "probabilities" in self.__dict__:
             return self.probabilities[index]
-        return self._full_size_probability(self.logits[index]) * self._negatives()
+        return self._with_negatives(self._full_size_probabilities(self.logits[index : index + 1]))[0]
 
     @cached_property
     def probabilities(self) -> torch.Tensor:
         """(P, H, W) float32 probabilities in [0, 1] at the original image size, negatives applied."""
-        return torch.stack([self._full_size_probability(logits) for logits in self.logits]) * self._negatives()
+        return self._with_negatives(self._full_size_probabilities(self.logits))
 
     def masks(self, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
         """(P, H, W) bool: probability >= `threshold`."""
@@ -186,21 +186,22 @@ class Prediction:
         labels[best < background_threshold] = 0
         return labels
 
-    def _full_size_probability(self, logits: torch.Tensor) -> torch.Tensor:
+    def _full_size_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) logits -> (N, H, W) probabilities, in one new tensor (8 full-HD maps are 64 MB)."""
         height, width = self.image_size
         shrinking = height < logits.shape[-2] or width < logits.shape[-1]
         upsampled = F.interpolate(
-            logits[None, None].float(), size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking
+            logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking
         )
-        return torch.sigmoid(upsampled[0, 0])
+        return upsampled[:, 0].sigmoid_()
 
-    def _negatives(self) -> torch.Tensor:
+    def _with_negatives(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """`probabilities` (a tensor of our own) times ∏(1 - p(negative)), in place."""
+        if not len(self.negative_logits):
+            return probabilities
         if self._negative_factor is None:
-            factor = torch.ones(self.image_size)
-            for logits in self.negative_logits:
-                factor = factor * (1.0 - self._full_size_probability(logits))
-            self._negative_factor = factor
-        return self._negative_factor
+            self._negative_factor = (1.0 - self._full_size_probabilities(self.negative_logits)).prod(dim=0)
+        return probabilities.mul_(self._negative_factor)
 
 
 class Predictor:
