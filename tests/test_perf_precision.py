@@ -124,6 +124,7 @@ def _cpu_supports_fp16_conv() -> bool:
     return True
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch, whenever the flags are set
 def test_fp32_cpu_inference_takes_onednn_and_matches_the_blas_path(reference, monkeypatch):
     import clipseg.model.onednn as onednn_module
 
@@ -213,3 +214,18 @@ def test_cpu_attention_matches_the_fused_kernel(dtype, monkeypatch):
     with torch.inference_mode():  # causal attention (the text tower) keeps the fused kernel
         onednn_module.attention(q, k, v, causal=True, dropout=0.0)
     assert fused
+
+
+def test_strided_weights_take_the_blas(monkeypatch):
+    # oneDNN runs a reference kernel on row-strided weights (seconds instead of milliseconds).
+    import clipseg.model.onednn as onednn_module
+
+    monkeypatch.setattr(onednn_module, "_onednn_linear", None if onednn_module._onednn_linear is None else _refuse)
+    weight = torch.randn(64, 96)[:, :48]
+    x = torch.randn(5, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(onednn_module.linear(x, weight), x @ weight.T)
+
+
+def _refuse(*args):
+    raise AssertionError("oneDNN called with a strided weight")

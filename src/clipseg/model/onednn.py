@@ -26,16 +26,24 @@ from torch import nn
 _onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
-def _takes_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _cpu_inference(*tensors: torch.Tensor) -> bool:
+    """oneDNN is there and on, the tensors are on the CPU, no gradient is wanted, no graph is being captured."""
     return (
         _onednn_linear is not None
         and torch.backends.mkldnn.enabled
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
+        and all(t.device.type == "cpu" for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not _tracing()
+    )
+
+
+def _takes_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        x.dtype == weight.dtype == torch.float32
+        and weight.is_contiguous()  # oneDNN falls back to a reference kernel (1000x slower) on strided weights
         and x.dim() >= 2
         and x.numel() > 0
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not _tracing()
+        and _cpu_inference(x, weight)
     )
 
 
@@ -105,10 +113,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         or dropout
         or dim < 32  # the decoder's 16-wide heads: the fused kernel is as fast
         or tokens < 64
-        or q.device.type != "cpu"
-        or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-        or _tracing()
-        or not (_takes_onednn(q, q) or q.dtype == torch.bfloat16)
+        or q.dtype not in (torch.float32, torch.bfloat16)
+        or not _cpu_inference(q, k, v)
     ):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
     # Per-head rows must be dense for oneDNN's fast kernels (q, k, v arrive as views of one packed projection).
