@@ -207,8 +207,11 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     result_file = tmp_path / "ddp_decoder.pt"
     mp.spawn(distributed_worker, args=(2, port, str(tmp_path / "ddp"), str(result_file)), nprocs=2)
     distributed = torch.load(result_file, weights_only=True)
+    # Each rank's half batch rounds differently, and Adam turns gradients that are zero in exact arithmetic (the
+    # attention's key bias) into ±lr steps of noise: ~4e-5 after 6 steps at lr 1e-3. Ranks that did not share
+    # gradients would drift apart by up to lr (1e-3) per step.
     for name, value in single.model.decoder.state_dict().items():
-        torch.testing.assert_close(distributed[name], value, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(distributed[name], value, atol=2e-4, rtol=0, msg=name)
     assert read_checkpoint(tmp_path / "ddp").metadata["world_size"] == 2
     assert len(read_checkpoint(tmp_path / "ddp").training_state()["rng"]) == 2
 

@@ -17,6 +17,15 @@ TokenMaskMode = Literal["cls_last", "cls_all", "all_all"]
 _POSITION_CACHE_SIZE = 8
 
 
+def _normal(*shape: int, std: float) -> nn.Parameter:
+    """A N(0, std²) parameter. Left unset on the meta device, where the loader assigns the checkpoint's tensors
+    (and where `normal_` would import torch._dynamo: ~1 s of every first model load)."""
+    tensor = torch.empty(*shape)
+    if tensor.device.type != "meta":
+        tensor.normal_(std=std)
+    return nn.Parameter(tensor)
+
+
 class VisionTransformer(nn.Module):
     """ViT that returns intermediate activations and runs no block past the deepest one asked for."""
 
@@ -25,14 +34,14 @@ class VisionTransformer(nn.Module):
         self.config = config
         width, scale = config.width, config.width**-0.5
         self.conv1 = nn.Conv2d(3, width, config.patch_size, config.patch_size, bias=config.patch_bias)
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(config.grid_size**2 + 1, width))
+        self.class_embedding = _normal(width, std=scale)
+        self.positional_embedding = _normal(config.grid_size**2 + 1, width, std=scale)
         self.ln_pre = nn.LayerNorm(width, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
         self.transformer = Transformer(
             width, config.layers, config.heads, config.mlp_width, config.activation, config.layer_norm_eps
         )
         self.ln_post = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.proj = nn.Parameter(scale * torch.randn(width, config.output_dim))
+        self.proj = _normal(width, config.output_dim, std=scale)
         self._position_cache: dict[tuple, torch.Tensor] = {}
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
@@ -132,14 +141,15 @@ class TextTransformer(nn.Module):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
-        self.positional_embedding = nn.Parameter(0.01 * torch.randn(config.context_length, config.width))
+        self.token_embedding = nn.Embedding(
+            config.vocab_size, config.width, _weight=_normal(config.vocab_size, config.width, std=0.02)
+        )
+        self.positional_embedding = _normal(config.context_length, config.width, std=0.01)
         self.transformer = Transformer(
             config.width, config.layers, config.heads, config.mlp_width, config.activation, config.layer_norm_eps
         )
         self.ln_final = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.text_projection = nn.Parameter(config.width**-0.5 * torch.randn(config.width, config.output_dim))
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.text_projection = _normal(config.width, config.output_dim, std=config.width**-0.5)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Token ids (B, L <= context_length) -> text embedding (B, output_dim)."""
