@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 DEFAULT_THRESHOLD = 0.4
 
@@ -29,7 +28,7 @@ def dilate(mask: np.ndarray, pixels: float) -> np.ndarray:
         raise ValueError(f"dilation radius must be >= 0 pixels, got {pixels}")
     if pixels == 0 or not mask.any():
         return mask.copy()
-    return ndimage.distance_transform_edt(~mask) <= pixels
+    return _ndimage().distance_transform_edt(~mask) <= pixels
 
 
 def erode(mask: np.ndarray, pixels: float) -> np.ndarray:
@@ -40,7 +39,7 @@ def erode(mask: np.ndarray, pixels: float) -> np.ndarray:
         raise ValueError(f"erosion radius must be >= 0 pixels, got {pixels}")
     if pixels == 0 or mask.all():
         return mask.copy()
-    return ndimage.distance_transform_edt(mask) > pixels
+    return _ndimage().distance_transform_edt(mask) > pixels
 
 
 def invert(mask: np.ndarray) -> np.ndarray:
@@ -56,7 +55,7 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
         raise ValueError(f"minimum component area must be >= 0 pixels, got {min_area}")
     if min_area <= 1 or not mask.any():
         return mask.copy()
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    labels, count = _ndimage().label(mask, structure=np.ones((3, 3), dtype=bool))
     areas = np.bincount(labels.ravel(), minlength=count + 1)
     keep = areas >= min_area
     keep[0] = False
@@ -70,7 +69,7 @@ def feather(mask: np.ndarray, sigma: float) -> np.ndarray:
     soft = np.asarray(mask, dtype=np.float32)
     if sigma == 0:
         return soft.copy()
-    return np.clip(ndimage.gaussian_filter(soft, sigma=sigma, mode="nearest"), 0.0, 1.0)
+    return np.clip(_ndimage().gaussian_filter(soft, sigma=sigma, mode="nearest"), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -113,6 +112,13 @@ class MaskOptions:
         """Probabilities (H, W) -> bool mask, or float32 alpha in [0, 1] when `feather` > 0."""
         mask = self.binary(probabilities)
         return feather(mask, self.feather) if self.feather > 0 else mask
+
+
+def _ndimage():
+    # Imported on first use: scipy.ndimage takes ~0.2 s to import, and most runs need no clean-up.
+    from scipy import ndimage
+
+    return ndimage
 
 
 def _as_bool(mask: np.ndarray) -> np.ndarray:
