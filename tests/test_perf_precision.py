@@ -229,3 +229,11 @@ def test_strided_weights_take_the_blas(monkeypatch):
 
 def _refuse(*args):
     raise AssertionError("oneDNN called with a strided weight")
+
+
+def test_half_precision_on_a_cpu_without_it_warns(monkeypatch):
+    import clipseg.precision as precision_module
+
+    monkeypatch.setattr(precision_module, "_native_on_this_cpu", lambda precision: False)
+    with pytest.warns(UserWarning, match="no native bf16 arithmetic"):
+        apply_precision(random_model(), "bf16")

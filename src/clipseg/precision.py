@@ -37,6 +37,8 @@ def apply_precision(model: CLIPSeg, precision: Precision) -> CLIPSeg:
     """Convert `model` in place for inference at `precision` ("fp32", "bf16", "fp16" or "int8"); returns it, in
     eval mode. On the CPU every precision but fp16 leaves a model for CPU inference only."""
     if precision in _FLOAT_DTYPES:
+        if precision != "fp32" and model.device.type == "cpu" and not _native_on_this_cpu(precision):
+            warnings.warn(f"this CPU has no native {precision} arithmetic: {precision} runs slower than fp32 here")
         model = model.to(_FLOAT_DTYPES[precision]).eval()
         if model.device.type == "cpu":
             for module in _packed_modules(model):
@@ -45,6 +47,13 @@ def apply_precision(model: CLIPSeg, precision: Precision) -> CLIPSeg:
     if precision == "int8":
         return quantize_dynamic(model)
     raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def _native_on_this_cpu(precision: str) -> bool:
+    """AVX-512 BF16 / AMX (bf16) or AVX-512 FP16 / AMX-FP16 (fp16), as oneDNN sees it."""
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
+    probe = getattr(torch.ops.mkldnn, check, None) if torch.backends.mkldnn.is_available() else None
+    return bool(probe()) if probe is not None else False
 
 
 def _packed_modules(model: CLIPSeg) -> list[nn.Module]:
