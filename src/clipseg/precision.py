@@ -4,14 +4,16 @@
     model = apply_precision(model, "int8")        # or "bf16" (CPUs with AVX-512 BF16/AMX, GPUs), "fp16" (GPUs)
 
 bf16/fp16 convert every parameter (`model.to(dtype)`, the same as `load_model(..., dtype=...)`); activations
-follow the weights and the predictor hands back float32 logits. On the CPU, fp32 and bf16 linear weights of the
-backbone blocks the decoder reads and of the decoder are also pre-packed in oneDNN's layout
-(`clipseg.model.onednn.pack_weights`, ~10% faster): the model is then for CPU inference only (its state dict and
-`save_pretrained` stay as before). The text tower is left dense: it runs on a few tokens, where packing gains
-little, and packed copies of weights loaded from a memory-mapped file cost memory.
+follow the weights and the predictor hands back float32 logits. On the CPU, fp32 and bf16 linear weights are also
+pre-packed in oneDNN's layout (`clipseg.model.onednn.pack_weights`, 7-14% faster): the model is then for CPU
+inference only (its state dict and `save_pretrained` stay as before). A model converted to the precision has all
+its linears packed; one already at it (e.g. fp32 as loaded) only the hot path, the backbone blocks the decoder
+reads and the decoder, because packed copies of weights loaded from a memory-mapped file cost memory and the
+text tower, on a few tokens, gains little.
 
-int8 replaces the CLIP towers' linear layers, including each attention block's packed q/k/v projection, by torch.ao's dynamically quantised Linear: int8
-weights (per output channel), activations quantised on the fly, float32 in and out. It runs on the CPU only
+int8 replaces the CLIP towers' linear layers, including each attention block's packed q/k/v projection, by
+torch.ao's dynamically quantised Linear: int8 weights (per output channel), activations quantised on the fly,
+float32 in and out. It runs on the CPU only
 (fbgemm/oneDNN kernels) and is for inference only. The decoder stays float32: it is small, and its output is
 what the masks are thresholded from.
 """
@@ -39,9 +41,12 @@ def apply_precision(model: CLIPSeg, precision: Precision) -> CLIPSeg:
     if precision in _FLOAT_DTYPES:
         if precision != "fp32" and model.device.type == "cpu" and not _native_on_this_cpu(precision):
             warnings.warn(f"this CPU has no native {precision} arithmetic: {precision} runs slower than fp32 here")
+        converted = model.dtype != _FLOAT_DTYPES[precision]
         model = model.to(_FLOAT_DTYPES[precision]).eval()
         if model.device.type == "cpu":
-            for module in _packed_modules(model):
+            # Weights converted just now are fresh tensors: packing them all costs no memory. Weights kept as
+            # loaded may be views of a memory-mapped checkpoint: only the hot path is worth a packed copy.
+            for module in [model] if converted else _hot_path(model):
                 pack_weights(module)
         return model
     if precision == "int8":
@@ -56,7 +61,7 @@ def _native_on_this_cpu(precision: str) -> bool:
     return bool(probe()) if probe is not None else False
 
 
-def _packed_modules(model: CLIPSeg) -> list[nn.Module]:
+def _hot_path(model: CLIPSeg) -> list[nn.Module]:
     """The backbone blocks up to the deepest extract layer (the hot path) and the decoder."""
     deepest = max(model.config.decoder.extract_layers)
     return [*model.visual.transformer.resblocks[: deepest + 1], model.decoder]
