@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -202,11 +201,12 @@ def load_engine_or_fail(
     extract_layers: str | None = None,
     console: Console | None = None,
 ) -> CLIPSeg | OnnxModel:
-    """What a `Predictor` runs: a PyTorch model at `precision` on `device`, or onnxruntime sessions on an ONNX
-    export folder. Every mismatch (an export given to torch, int8 on a GPU, ...) is a one-line CLIError."""
-    from ..export.onnx import GRAPHS
+    """What a `Predictor` runs: a PyTorch model at `precision` on `device` (a --device name, "auto" included), or
+    onnxruntime sessions on an ONNX export folder. Every mismatch (an export given to torch, int8 on a GPU, ...) is
+    a one-line CLIError."""
+    from ..export.runtime import is_onnx_export
 
-    is_export = Path(source).is_dir() and all((Path(source) / f"{graph}.onnx").is_file() for graph in GRAPHS)
+    is_export = is_onnx_export(source)
     if backend == Backend.onnx:
         if not is_export:
             raise CLIError(
@@ -216,7 +216,7 @@ def load_engine_or_fail(
             )
         if precision != Precision.fp32:
             raise CLIError(f"--precision {precision.value}: the ONNX backend runs fp32 graphs", EXIT_USAGE)
-        if device != "cpu":
+        if device not in ("auto", "cpu"):
             raise CLIError(f"--device {device}: the ONNX backend runs on the CPU (use --device cpu)", EXIT_USAGE)
         if clip is not None or extract_layers is not None:
             raise CLIError(
@@ -232,7 +232,9 @@ def load_engine_or_fail(
             raise CLIError(f"{source}: onnxruntime could not load the export: {one_line(error)}") from None
     if is_export:
         raise CLIError(f"{source} is an ONNX export: run it with --backend onnx", EXIT_USAGE)
-    model = load_model_or_fail(source, device=device, clip=clip, extract_layers=extract_layers, console=console)
+    model = load_model_or_fail(
+        source, device=resolve_device(device), clip=clip, extract_layers=extract_layers, console=console
+    )
     from ..precision import apply_precision
 
     try:

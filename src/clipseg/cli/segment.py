@@ -34,7 +34,6 @@ from .common import (
     load_engine_or_fail,
     one_line,
     print_line,
-    resolve_device,
     run_command,
     stderr_console,
 )
@@ -475,14 +474,11 @@ def _run(
     from ..predictor import Predictor
     from ..progress import progress_bar
 
-    device = settings.device
-    if settings.backend == Backend.onnx and device == "auto":
-        device = "cpu"
     loaded = load_engine_or_fail(
         settings.model,
         backend=settings.backend,
         precision=settings.precision,
-        device=resolve_device(device),
+        device=settings.device,
         clip=settings.clip,
         extract_layers=settings.extract_layers,
         console=console,

@@ -38,10 +38,10 @@ class OnnxModel:
         import onnxruntime
 
         directory = Path(directory)
-        missing = [name for name in (*GRAPHS, CONFIG_NAME) if not (directory / _file(name)).is_file()]
+        missing = _missing_files(directory)
         if missing:
             raise FileNotFoundError(
-                f"{directory}: not a clipseg ONNX export (missing {', '.join(map(_file, missing))})"
+                f"{directory}: not a clipseg ONNX export (missing {', '.join(missing)})"
             )
         data = json.loads((directory / CONFIG_NAME).read_text())
         self.config = CLIPSegConfig.from_dict({k: v for k, v in data.items() if k not in ("format", "onnx_opset")})
@@ -131,6 +131,15 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.directory)!r}, image_size={self.config.image_size})"
+
+
+def is_onnx_export(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by `export_onnx_model` (every graph and the config are there)."""
+    return Path(path).is_dir() and not _missing_files(Path(path))
+
+
+def _missing_files(directory: Path) -> list[str]:
+    return [_file(name) for name in (*GRAPHS, CONFIG_NAME) if not (directory / _file(name)).is_file()]
 
 
 def _file(name: str) -> str:

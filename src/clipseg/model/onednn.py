@@ -53,13 +53,11 @@ def _tracing() -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, through oneDNN for fp32 CPU inference (same result up to fp32 rounding) and
     for weights packed by `pack_weights`."""
-    if weight.is_mkldnn:
-        if x.device.type != "cpu" or x.dtype != weight.dtype:
-            raise ValueError(
-                f"weights packed for CPU inference take {weight.dtype} CPU inputs, got {x.dtype} on {x.device}"
-            )
-        return _onednn_linear(x, weight, bias, "none", [], "")
-    if _takes_onednn(x, weight):
+    if weight.is_mkldnn and (x.device.type != "cpu" or x.dtype != weight.dtype):
+        raise ValueError(
+            f"weights packed for CPU inference take {weight.dtype} CPU inputs, got {x.dtype} on {x.device}"
+        )
+    if weight.is_mkldnn or _takes_onednn(x, weight):
         return _onednn_linear(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
