@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -103,11 +105,60 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path, coffee):
     assert np.abs(np.asarray(image, dtype=np.float32) - coffee).mean() < 20
 
 
-def test_icc_profile_image_loads(tmp_path, coffee):
-    path = tmp_path / "srgb.jpg"
-    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    Image.fromarray(coffee).save(path, icc_profile=profile)
-    assert load_image(path).size == (150, 100)
+def _matrix_profile(red_xyz, green_xyz, blue_xyz) -> bytes:
+    """A minimal ICC v2 RGB display profile (linear tone curves, D50 white) with the given primaries, built by
+    hand from the ICC.1 specification so that what the pixels mean is known without any colour library."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ " + bytes(4) + b"".join(s15(v) for v in values)
+
+    linear = b"curv" + bytes(4) + struct.pack(">IH", 1, 256) + bytes(2)  # gamma 1.0 (u8Fixed8)
+    text = b"swapped primaries\0"
+    description = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    white = (0.9642, 1.0, 0.8249)
+    tags = [(b"desc", description), (b"wtpt", xyz(white)), (b"rXYZ", xyz(red_xyz)), (b"gXYZ", xyz(green_xyz)),
+            (b"bXYZ", xyz(blue_xyz)), (b"rTRC", linear), (b"gTRC", linear), (b"bTRC", linear)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + bytes(4) + bytes([2, 0x10, 0, 0]) + b"mntr" + b"RGB " + b"XYZ "
+              + bytes(12) + b"acsp" + bytes(4 * 4 + 8) + struct.pack(">I", 0) + b"".join(s15(v) for v in white)
+              + bytes(4 + 16 + 28))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+# sRGB's primaries adapted to D50 (IEC 61966-2-1 with the Bradford transform, as ICC profiles store them).
+SRGB_RED, SRGB_GREEN, SRGB_BLUE = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+
+
+def test_icc_profile_is_converted_to_srgb(tmp_path):
+    """Pixels tagged with a profile whose red and blue primaries are sRGB's blue and red must come out swapped;
+    an sRGB-tagged file keeps its values."""
+    swapped = _matrix_profile(SRGB_BLUE, SRGB_GREEN, SRGB_RED)
+    colours = np.array([[[255, 0, 0], [0, 0, 255], [0, 255, 0], [255, 255, 255]]], dtype=np.uint8)
+    path = tmp_path / "swapped.png"
+    Image.fromarray(colours).save(path, icc_profile=swapped)
+    expected = np.array([[[0, 0, 255], [255, 0, 0], [0, 255, 0], [255, 255, 255]]])
+    assert np.abs(np.asarray(load_image(path), dtype=int) - expected).max() <= 3
+    assert np.abs(np.asarray(load_image(Image.open(path)), dtype=int) - expected).max() <= 3
+    srgb = tmp_path / "srgb.png"
+    Image.fromarray(colours).save(srgb, icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    np.testing.assert_array_equal(np.asarray(load_image(srgb)), colours)
+
+
+def test_unreadable_icc_profile_is_ignored_with_a_warning(tmp_path, coffee):
+    path = tmp_path / "broken.png"
+    Image.fromarray(coffee).save(path, icc_profile=b"not a profile at all")
+    with pytest.warns(UserWarning, match="broken.png: unreadable ICC colour profile ignored"):
+        image = load_image(path)
+    np.testing.assert_array_equal(np.asarray(image), coffee)
 
 
 def test_one_pixel_image(tmp_path):

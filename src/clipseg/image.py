@@ -11,6 +11,7 @@ antialiases when shrinking), scale to [0, 1], normalise with the model's mean/st
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,9 @@ def load_image(source: ImageInput) -> Image.Image:
         source: a file path; a PIL image; or an array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with dtype
             uint8, uint16 (full 16-bit range), bool, or float in [0, 1].
 
-    Grayscale, palette, CMYK, YCbCr and 1-bit images are converted to RGB; transparent pixels (RGBA, LA,
+    Pixels tagged with an ICC colour profile other than sRGB (Display P3 from phones, Adobe RGB, CMYK print
+    profiles) are converted to sRGB, the space CLIP saw in training; a profile that cannot be read is ignored with
+    a warning. Grayscale, palette, CMYK, YCbCr and 1-bit images are converted to RGB; transparent pixels (RGBA, LA,
     palette transparency) are composited onto white; 16-bit and 32-bit integer or float grayscale is scaled to 8
     bits (16-bit by 1/257; floats in [0, 1] by 255, other floats by their min/max).
 
@@ -168,9 +171,31 @@ def _oriented(image: Image.Image, name: str) -> Image.Image:
         return image
 
 
+_SRGB = ImageCms.createProfile("sRGB")
+# Modes whose ICC profiles we apply (littleCMS transforms them; alpha is carried through for RGBA).
+_ICC_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB"}
+
+
+def _to_srgb(image: Image.Image, name: str) -> Image.Image:
+    """Convert pixels tagged with a non-sRGB ICC profile to sRGB (perceptual intent); others are returned as is."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in _ICC_MODES:
+        return image
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(profile).lower().replace(" ", ""):
+            return image
+        converted = ImageCms.profileToProfile(image, profile, _SRGB, outputMode=_ICC_MODES[image.mode])
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as error:
+        warnings.warn(f"{name}: unreadable ICC colour profile ignored ({error})", stacklevel=4)
+        return image
+    return converted
+
+
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     if image.width < 1 or image.height < 1:
         raise ImageLoadError(f"{name}: image has no pixels ({image.width}x{image.height})")
+    image = _to_srgb(image, name)
     mode = image.mode
     if mode == "RGB":
         return image
