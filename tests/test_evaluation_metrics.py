@@ -66,10 +66,13 @@ def test_hand_computed_single_image():
     assert best == pytest.approx(2 / 4) and best_t == pytest.approx(0.1)  # ties go to the lowest threshold
     # Curve points (recall, precision), both smoothed: all four pixels foreground for t < 0.1 -> (2/3, 2/5);
     # t in [0.1, 0.25) -> (2/3, 2/4); t in [0.25, 0.6) -> (1/3, 1/3); t in [0.6, 0.9) -> (1/3, 1/2);
-    # t >= 0.9 predicts nothing and is left out.
+    # t >= 0.9 predicts nothing and is left out. Sorted by recall alone; tied recalls keep the order in which
+    # Python's set yields the pairs (as the released metrics.py): (2/3, 1/2) before (2/3, 2/5) here.
     recall, precision = precision_recall_curve(stats)
     np.testing.assert_allclose(recall, [1 / 3, 1 / 3, 2 / 3, 2 / 3])
-    np.testing.assert_allclose(precision, [1 / 3, 1 / 2, 2 / 5, 1 / 2])
+    pairs = list(set([(2 / 3, 2 / 5), (2 / 3, 2 / 4), (1 / 3, 1 / 3), (1 / 3, 1 / 2)]))
+    np.testing.assert_allclose(precision, [p for _, p in sorted(pairs, key=lambda x: x[0])])
+    np.testing.assert_allclose(precision, [1 / 3, 1 / 2, 1 / 2, 2 / 5])
     assert scores.ap == pytest.approx(simpson(precision, recall))
 
 
@@ -192,3 +195,20 @@ def test_confusion_matrix_iou_ignores_void_and_averages_present_classes():
     assert cm.mean_iou([0, 1, 3]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="target labels"):
         ConfusionMatrix.counts(torch.tensor([7]), torch.tensor([7]), 4)
+
+
+def test_ap_orders_tied_recalls_as_the_released_code():
+    """metrics.py de-duplicates (recall, precision) pairs with a Python set and sorts by recall alone; with tied
+    recalls (quantised predictions) the set's order, not precision, decides the curve and so AP."""
+    targets = torch.tensor([[0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1]])
+    probabilities = torch.tensor([[0.3, 0.9, 0.5, 0.1, 0.7, 0.7, 0.9, 0.1, 0.1, 0.9, 0.1, 0.5]])
+    stats = threshold_statistics(probabilities, targets)[0].numpy()
+    tp, fp, fn = ([int(v) for v in stats[:, k]] for k in range(3))
+    made = [j for j in range(NUM_THRESHOLDS) if tp[j] + fp[j] > 0]
+    pairs = set(zip([tp[j] / (1 + tp[j] + fn[j]) for j in made], [tp[j] / (1 + tp[j] + fp[j]) for j in made]))
+    recalls, precisions = zip(*sorted(list(pairs), key=lambda x: x[0]))  # the released expression
+    assert len(recalls) % 2 == 1  # odd: SciPy's composite Simpson is the released `simps` here
+    expected = scipy_simpson(precisions, x=recalls)
+    assert average_precision(stats) == pytest.approx(expected, abs=1e-15)
+    by_both = sorted(pairs)
+    assert scipy_simpson([p for _, p in by_both], x=[r for r, _ in by_both]) != pytest.approx(expected, abs=1e-6)

@@ -8,7 +8,7 @@ Definitions (the original `metrics.FixedIntervalMetrics`):
 - ``IoU_FG = TP / (1 + TP + FP + FN)``; ``IoU_BIN = (IoU_FG + TN / (1 + TN + FN + FP)) / 2``;
   ``mIoU`` = mean over classes of the per-class IoU_FG;
 - AP: ``precision = TP / (1 + TP + FP)`` and ``recall = TP / (1 + TP + FN)`` at the thresholds that predict any
-  foreground, de-duplicated, sorted by recall, integrated over recall with Simpson's rule (`simpson`);
+  foreground, de-duplicated, sorted by recall (ties in the order of a Python set, as released), integrated over recall with Simpson's rule (`simpson`);
 - "best" values pick the threshold that maximises each metric on the evaluated data, as the paper does.
 
 The ``1 +`` in every denominator is the original's smoothing: it keeps empty classes defined and makes every value
@@ -131,13 +131,16 @@ def _composite_simpson(y: np.ndarray, x: np.ndarray) -> float:
 def precision_recall_curve(statistics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The AP curve from summed (49, 4) statistics: unique (recall, precision) points sorted by recall.
 
-    Only thresholds that predict some foreground (TP + FP > 0) contribute; ties in recall are ordered by precision.
+    Only thresholds that predict some foreground (TP + FP > 0) contribute. Points are de-duplicated through a Python
+    set and sorted by recall alone, so points with tied recalls keep the set's iteration order: the released
+    metrics.py does exactly this, and on quantised predictions the order of ties changes AP.
     """
     tp, fp, fn, _ = (statistics[:, k].astype(np.float64) for k in range(4))
     made = (tp + fp) > 0
     precision = tp[made] / (1 + tp[made] + fp[made])
     recall = tp[made] / (1 + tp[made] + fn[made])
-    points = sorted(set(zip(recall.tolist(), precision.tolist())))
+    points = list(set(zip(recall.tolist(), precision.tolist())))
+    points.sort(key=lambda point: point[0])
     if not points:
         return np.zeros(0), np.zeros(0)
     recalls, precisions = zip(*points)
