@@ -8,9 +8,9 @@ Layout::
 
 Each ``refer_<split>.json`` is a list of tasks (one phrase-region pair each) with the keys ``task_id``,
 ``image_id``, ``ann_ids``, ``instance_boxes`` (xywh), ``Polygons`` (one list of polygons per instance, each
-polygon a list of ``[x, y]`` points), ``phrase`` and ``phrase_structure``. Masks are rasterised like the
-official tools do (``PIL.ImageDraw.polygon`` with integer-truncated points, outline included), at the size of
-the image file.
+polygon a list of ``[x, y]`` points), ``phrase`` and ``phrase_structure``. Masks are rasterised as the released
+CLIPSeg code did for training and for the PhraseCut test ground truth (scikit-image's ``polygon2mask``: a pixel is
+inside when its centre is, float coordinates, union over instances), at the size of the image file.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 # Images whose size in the annotations does not match the actual file; the original CLIPSeg code skips them.
 SIZE_MISMATCH_IMAGE_IDS: frozenset[int] = frozenset({
@@ -49,17 +49,24 @@ class PhraseCutTask:
 def polygons_to_mask(instance_polygons: Sequence[Sequence[Polygon]], height: int, width: int) -> np.ndarray:
     """Rasterise PhraseCut ``Polygons`` (per instance, a list of ``[x, y]``-point polygons) to an (H, W) bool mask.
 
-    Follows the official ``polygons_to_mask``: points truncated to integers, each polygon filled with its outline,
-    the union over all polygons of all instances. Polygons with fewer than two points are ignored, as there.
+    As the released CLIPSeg ``load_sample``: each polygon through ``skimage.draw.polygon2mask`` with its points as
+    float (row, column) = (y, x) coordinates (pixels whose centres lie inside), then the union over all polygons of
+    all instances. (The PhraseCut tools' PIL drawing adds the outline: about one pixel larger all round.)
     """
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
+    try:
+        from skimage.draw import polygon2mask
+    except ImportError:
+        raise ImportError(
+            "rasterising PhraseCut polygons needs scikit-image: pip install 'clipseg[train]' (or clipseg[eval])"
+        ) from None
+    mask = np.zeros((height, width), dtype=bool)
     for polygons in instance_polygons:
         for polygon in polygons:
-            if len(polygon) < 2:
+            points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+            if len(points) == 0:
                 continue
-            draw.polygon([(int(x), int(y)) for x, y in polygon], outline=1, fill=1)
-    return np.asarray(canvas, dtype=bool)
+            mask |= polygon2mask((height, width), points[:, ::-1])
+    return mask
 
 
 def _dataset_dir(root: str | Path) -> Path:

@@ -145,7 +145,8 @@ def render_scene(
             cx = float(rng.uniform(radius, width - radius))
             cy = float(rng.uniform(radius, height - radius))
             angle = float(rng.uniform(-math.pi / 9, math.pi / 9))
-            # Whole-pixel vertices make every polygon rasteriser convention (PIL, truncating, float) agree.
+            # Whole-pixel vertices: PIL and truncating rasterisers agree; pixel-centre ones (PhraseCut as released)
+            # differ only on the outline.
             vertices = np.round(_shape_outline(kind, cx, cy, radius, angle))
             polygon = [float(v) for v in vertices.reshape(-1)]
             mask = rasterize_polygons([polygon], size)
