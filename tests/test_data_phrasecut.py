@@ -128,22 +128,71 @@ def test_negatives_are_drawn_with_probability_0_2(train):
         assert (plan.phrase != train.tasks[plan.source_index].phrase) == plan.negative
 
 
-def test_supports_share_the_phrase_and_unique_phrases_are_text_only(train):
-    dataset = PhraseCutPlus(train, image_size=32)
+def test_supports_are_drawn_among_all_samples_of_the_phrase_the_query_included(train):
+    """Released datasets/phrasecut.py: a support exists iff the (possibly swapped) phrase has more than one sample,
+    and is drawn uniformly among all of them -- the query itself included."""
+    dataset = PhraseCutPlus(train, image_size=32, seed=2)
     counts = {p: len(s) for p, s in dataset.samples_by_phrase.items()}
-    seen_support = seen_unique = False
-    for index in range(len(dataset)):
-        plan = dataset.plan(index)
-        if plan.support_index is None:
-            assert plan.text_weight == 1.0
-            seen_unique |= counts[plan.phrase] == 1
-        else:
-            seen_support = True
-            assert train.tasks[plan.support_index].phrase == plan.phrase
-            assert plan.support_index != plan.source_index
-            assert 0.0 <= plan.text_weight <= 0.5
-        assert plan.text in {t.format(plan.phrase) for t in TEMPLATES["shuffle+"]}
-    assert seen_support and seen_unique
+    self_draws, draws_with_choice = 0, 0.0
+    seen_unique_negative = False
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            plan = dataset.plan(index)
+            assert (plan.support_index is not None) == (counts[plan.phrase] > 1)
+            if plan.support_index is None:
+                assert plan.text_weight == 1.0
+                seen_unique_negative |= plan.negative
+            else:
+                assert train.tasks[plan.support_index].phrase == plan.phrase
+                assert 0.0 <= plan.text_weight <= 0.5
+                if not plan.negative:
+                    self_draws += plan.support_index == plan.source_index
+                    draws_with_choice += 1 / counts[plan.phrase]  # expected self-draws
+            assert plan.text in {t.format(plan.phrase) for t in TEMPLATES["shuffle+"]}
+    assert draws_with_choice > 30 and abs(self_draws - draws_with_choice) < 4 * draws_with_choice**0.5
+    assert seen_unique_negative  # a negative swapped to a unique phrase is text only (w = 1)
+
+
+class _DotSource:
+    """Two 40 x 40 grey-gradient images whose only object is the pixel (1, 1): lost in a nearest resize to 8."""
+
+    phrases = ["a dot", "a dot"]
+
+    def __len__(self):
+        return 2
+
+    def load_image(self, index):
+        from PIL import Image
+
+        ramp = np.linspace(0, 255, 40, dtype=np.float32)
+        values = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (40, 1)), np.full((40, 40), 90.0)], -1)
+        return Image.fromarray(values.astype(np.uint8))
+
+    def load_mask(self, index):
+        mask = np.zeros((40, 40), dtype=bool)
+        mask[1, 1] = True
+        return mask
+
+
+def test_a_support_that_loses_its_object_is_the_darkened_blurred_crop():
+    """Released behaviour: the support is resized before the visual prompt is applied; an empty mask makes
+    img_preprocess take the whole image as background: 0.1 x the 15-tap, sigma-3 Gaussian blur (mirrored borders)."""
+    dataset = PhraseCutPlus(_DotSource(), image_size=8, negative_prob=0.0, seed=0)
+    plan, sample = dataset.plan(0), dataset[0]
+    assert plan.support_index is not None and plan.support_crop == (0, 0, 40, 40)
+    pixels = torch.from_numpy(np.asarray(_DotSource().load_image(0), dtype=np.float32)).permute(2, 0, 1)[None]
+    resized = torch.nn.functional.interpolate(pixels, (8, 8), mode="bilinear", align_corners=True)[0].double()
+    normalised = (resized / 255 - torch.tensor((0.485, 0.456, 0.406), dtype=torch.float64).view(3, 1, 1)) / torch.tensor(
+        (0.229, 0.224, 0.225), dtype=torch.float64
+    ).view(3, 1, 1)
+    kernel = np.exp(-((np.arange(15) - 7.0) ** 2) / 18.0)
+    kernel /= kernel.sum()
+    blurred = np.stack(
+        [ndimage.correlate1d(ndimage.correlate1d(c, kernel, axis=0, mode="mirror"), kernel, axis=1, mode="mirror")
+         for c in normalised.numpy()]
+    )
+    np.testing.assert_allclose(sample["support"].numpy(), 0.1 * blurred, atol=1e-4)
 
 
 def test_samples_follow_the_training_contract_and_align_image_and_target(train):

@@ -181,7 +181,9 @@ def _resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(image[None], (size, size), mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def _validate(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _validate(
+    image: torch.Tensor, mask: torch.Tensor, allow_empty: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.as_tensor(image)
     mask = torch.as_tensor(mask)
     if image.ndim != 3 or image.shape[0] != 3:
@@ -197,7 +199,7 @@ def _validate(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, to
     mask = mask.to(device=image.device, dtype=image.dtype)
     if bool(((mask < 0) | (mask > 1)).any()):
         raise ValueError("support mask values must lie in [0, 1]")
-    if not bool((mask > 0).any()):
+    if not allow_empty and not bool((mask > 0).any()):
         raise ValueError("support mask is empty: a visual prompt needs at least one object pixel")
     return image, mask
 
@@ -208,13 +210,16 @@ def apply_visual_prompt(
     spec: VisualPromptSpec,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    *,
+    allow_empty: bool = False,
 ) -> torch.Tensor:
     """Combine a normalised (3, H, W) image and its (H, W) mask in image space, without resizing.
 
     Returns a normalised (3, H', W') tensor: the full image size, or the square crop when ``spec.crop_context``
-    is set. The token mask of CLIP-internal variants is not applied here (see `prepare_support`).
+    is set. The token mask of CLIP-internal variants is not applied here (see `prepare_support`). With
+    `allow_empty`, an empty mask makes the whole image background, uncropped (see `prepare_support`).
     """
-    image, mask = _validate(image, mask)
+    image, mask = _validate(image, mask, allow_empty)
     mean_t, std_t = _statistics(mean, image), _statistics(std, image)
     background = gaussian_blur(image, spec.blur_sigma) if spec.blur_sigma > 0 else image
     prompt = image * mask + spec.background_factor * background * (1 - mask)
@@ -228,7 +233,8 @@ def apply_visual_prompt(
         red = _statistics((1.0, 0.0, 0.0), image)
         prompt = (red * outline + _denormalise(prompt, mean_t, std_t) * (1 - outline) - mean_t) / std_t
     if spec.crop_context is not None:
-        x0, y0, x1, y1 = mask_crop_box(mask, spec.crop_context)
+        has_object = bool((mask > 0).any())
+        x0, y0, x1, y1 = mask_crop_box(mask, spec.crop_context) if has_object else (0, 0, *mask.shape[::-1])
         prompt = pad_to_square(prompt[:, y0:y1, x0:x1])
     return prompt + spec.shift
 
@@ -241,6 +247,7 @@ def prepare_support(
     *,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    allow_empty: bool = False,
 ) -> SupportPrompt:
     """Build the visual prompt for a support image and its object mask.
 
@@ -250,6 +257,8 @@ def prepare_support(
         variant: a name from `VARIANTS` or a custom `VisualPromptSpec`.
         size: side of the square output. Crops are resized with nearest-neighbour interpolation as in the original
             implementation; uncropped images bilinearly (a no-op when the image already has this size).
+        allow_empty: accept a mask without object pixels and treat the whole image as background (blurred and
+            darkened, not cropped), as the released training code did when a support's crop missed its object.
 
     Returns:
         SupportPrompt with (3, size, size) pixel values, plus a (size, size) token mask and its mode for the
@@ -266,8 +275,8 @@ def prepare_support(
         spec = variant
     if size < 1:
         raise ValueError(f"visual prompt size must be positive, got {size}")
-    image, mask = _validate(image, mask)
-    prompt = apply_visual_prompt(image, mask, spec, mean, std)
+    image, mask = _validate(image, mask, allow_empty)
+    prompt = apply_visual_prompt(image, mask, spec, mean, std, allow_empty=allow_empty)
     if spec.crop_context is not None:
         pixel_values = F.interpolate(prompt[None], (size, size), mode="nearest")[0]
     else:

@@ -10,12 +10,14 @@ produces the training sample contract::
 Per sample, as in the released training code (experiments/phrasecut.yaml):
 
 - a square crop whose side is the image's shorter side, placed at random until the target covers more than 5 %
-  of the image area (50 tries, else the try with the most target pixels); image resized bilinearly
+  of the full image's area (50 tries, else the try with the most target pixels); image resized bilinearly
   (``align_corners=True``), mask with nearest neighbour;
 - with probability 0.2 a negative: the phrase is swapped for another phrase of the dataset and the target is empty;
 - a template drawn from the prompt set (``shuffle+`` by default) applied to the (possibly swapped) phrase;
-- a visual support: another sample with the same phrase, cropped the same way and prepared with the visual prompt
-  engineering (crop + blur + background 10 %); none when the phrase is unique;
+- a visual support: a sample drawn uniformly among all samples of the (possibly swapped) phrase -- the query itself
+  included -- when that phrase has more than one sample; cropped the same way, resized, and prepared with the
+  visual prompt engineering (crop + blur + background 10 %); a crop that misses the object still gives a support
+  (the whole crop blurred and darkened), as in the released code; none when the phrase is unique;
 - a text weight w ~ U(0, 0.5) when there is a support, else w = 1.
 
 Everything random is drawn from a generator seeded by (seed, epoch, index), so a sample is reproducible on any
@@ -221,13 +223,12 @@ class PhraseCutPlus(torch.utils.data.Dataset):
         text = self.templates[int(rng.integers(len(self.templates)))].format(phrase)
 
         support_index, support_crop, support_mask = None, None, None
-        candidates = [i for i in self.samples_by_phrase[phrase] if i != source_index] if self.with_visual else []
-        if candidates:
-            candidate = candidates[int(rng.integers(len(candidates)))]
-            candidate_mask = self.source.load_mask(candidate)
-            box = self._crop_box(candidate_mask, rng)
-            if candidate_mask[box[1] : box[3], box[0] : box[2]].any():
-                support_index, support_crop, support_mask = candidate, box, candidate_mask
+        same_phrase = self.samples_by_phrase[phrase] if self.with_visual else []
+        if len(same_phrase) > 1:
+            # As released: uniform over every sample of the (possibly swapped) phrase, the query itself included.
+            support_index = same_phrase[int(rng.integers(len(same_phrase)))]
+            support_mask = self.source.load_mask(support_index)
+            support_crop = self._crop_box(support_mask, rng)
         text_weight = float(rng.uniform(self.mix_text_min, self.mix_text_max)) if support_index is not None else 1.0
         plan = SamplePlan(source_index, phrase, text, negative, crop, support_index, support_crop, text_weight)
         return plan, mask, support_mask
@@ -237,12 +238,9 @@ class PhraseCutPlus(torch.utils.data.Dataset):
         image = self.source.load_image(plan.support_index)
         pixels = _to_normalised_tensor(image, plan.support_crop, size)
         target = _crop_mask(mask, plan.support_crop, size)
-        if not target.any():
-            # A tiny object can vanish in the nearest-neighbour resize; prepare it at source resolution instead.
-            x0, y0, x1, y1 = plan.support_crop
-            pixels = _to_normalised_tensor(image, plan.support_crop, max(x1 - x0, y1 - y0))
-            target = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.float32))
-        return prepare_support(pixels, target, self.visual_variant, size).pixel_values
+        # A crop that misses the object, or an object lost in the resize, still gives a support, as released: the
+        # whole crop becomes background (blurred and darkened).
+        return prepare_support(pixels, target, self.visual_variant, size, allow_empty=True).pixel_values
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | float]:
         plan, mask, support_mask = self._draw(index)
