@@ -336,3 +336,25 @@ def test_precision_settings_and_optional_outputs(tmp_path: Path) -> None:
         board = tiny_config(tmp_path / "board", run={"tensorboard": True})
         with pytest.raises(RuntimeError, match="pip install tensorboard"):
             Trainer(board, train_dataset=shapes_dataset()).train()
+
+
+def test_original_sample_order_keeps_images_together_and_repeats_every_epoch() -> None:
+    """Released training: the PhraseCut loader shuffles image ids once, lists each image's phrases together, and
+    the DataLoader never reshuffles; so every epoch sees the same order with an image's samples adjacent."""
+    groups = ["a", "a", "b", "c", "c", "c", "d", "e", "e", "f"]
+    sampler = GlobalBatchSampler(10, 5, seed=4, order="original", groups=groups)
+    first, second = sampler.permutation(0).tolist(), sampler.permutation(1).tolist()
+    assert first == second and sorted(first) == list(range(10))
+    runs = [groups[i] for k, i in enumerate(first) if k == 0 or groups[first[k - 1]] != groups[i]]
+    assert sorted(runs) == sorted(set(groups))  # each image appears as one contiguous run
+    for image in set(groups):  # in dataset order within the image
+        members = [i for i in first if groups[i] == image]
+        assert members == sorted(members)
+    others = [GlobalBatchSampler(10, 5, seed=s, order="original", groups=groups).permutation(0).tolist() for s in range(6)]
+    assert len({tuple(o) for o in others}) > 1  # the image order depends on the seed
+    shuffled = GlobalBatchSampler(10, 5, seed=4, order="shuffle")
+    assert shuffled.permutation(0).tolist() != shuffled.permutation(1).tolist()
+    assert GlobalBatchSampler(10, 5, order="sequential").permutation(3).tolist() == list(range(10))
+    assert TrainConfig().data.order == "original"
+    with pytest.raises(ValueError, match="data.order must be one of original, shuffle, sequential"):
+        GlobalBatchSampler(10, 5, order="random")

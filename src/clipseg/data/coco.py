@@ -197,6 +197,11 @@ class CocoReferringSource:
         """The category phrase of every sample."""
         return self._phrases
 
+    @property
+    def image_keys(self) -> list[int]:
+        """The COCO image id of every sample (samples of one image share it)."""
+        return [image_id for image_id, _ in self.samples]
+
     def load_image(self, index: int) -> Image.Image:
         """The RGB image of sample `index`."""
         return self.instances.load_image(self.samples[index][0])

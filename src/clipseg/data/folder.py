@@ -113,6 +113,11 @@ class FolderSource:
         """The prompt of every sample."""
         return [sample.prompt for sample in self.samples]
 
+    @property
+    def image_keys(self) -> list[str]:
+        """The image file of every sample (samples of one image share it)."""
+        return [str(sample.image_path) for sample in self.samples]
+
     def load_image(self, index: int) -> Image.Image:
         """The RGB image of sample `index`."""
         with Image.open(self.samples[index].image_path) as image:

@@ -134,6 +134,11 @@ class PhraseCut:
         """The phrase of every task, in task order."""
         return [task.phrase for task in self.tasks]
 
+    @property
+    def image_keys(self) -> list[int]:
+        """The image id of every task (tasks of one image share it)."""
+        return [task.image_id for task in self.tasks]
+
     def image_path(self, image_id: int) -> Path:
         """Path of an image file, ``images/<image_id>.jpg``."""
         return self.root / "images" / f"{image_id}.jpg"

@@ -57,6 +57,9 @@ class ReferringSource(Protocol):
     def load_mask(self, index: int) -> np.ndarray:
         """The (H, W) bool target mask of sample `index`."""
 
+    # Optional: ``image_keys``, the image of every sample (samples of one image share a key), used by the
+    # released sample order (`clipseg.training.data.GlobalBatchSampler`); without it every sample is its own image.
+
 
 @dataclass(frozen=True)
 class SamplePlan:
@@ -188,6 +191,12 @@ class PhraseCutPlus(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.source_indices)
+
+    @property
+    def image_keys(self) -> list | None:
+        """The source's image key of every kept sample, or None when the source has none."""
+        keys = getattr(self.source, "image_keys", None)
+        return None if keys is None else [keys[i] for i in self.source_indices]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws `__getitem__` reproduces."""

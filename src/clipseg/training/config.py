@@ -25,6 +25,8 @@ RANDOM_CLIP = "random"
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 SourceFormat = Literal["phrasecut", "coco", "folder"]
+SampleOrder = Literal["original", "shuffle", "sequential"]
+SAMPLE_ORDERS: tuple[str, ...] = ("original", "shuffle", "sequential")
 
 
 @dataclass
@@ -74,6 +76,9 @@ class DataSettings:
         remove_classes: WordNet preset of `clipseg.data.wordnet` whose phrases are removed (zero/one-shot
             experiments), or None.
         crop: object-aware random square crops (else the whole image is resized).
+        order: sample order: "original" (the released training: images shuffled once with the run's seed, an
+            image's samples kept together, the same order every epoch), "shuffle" (a new permutation every epoch)
+            or "sequential" (the dataset's order).
         num_workers: DataLoader worker processes.
     """
 
@@ -91,6 +96,7 @@ class DataSettings:
     visual_variant: str = "crop_blur_highlight"
     remove_classes: str | None = None
     crop: bool = True
+    order: SampleOrder = "original"
     num_workers: int = 0
 
 

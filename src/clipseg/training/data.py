@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from .config import DataSettings
+from .config import SAMPLE_ORDERS, DataSettings, SampleOrder
 
 
 class GlobalBatchSampler:
@@ -18,6 +18,11 @@ class GlobalBatchSampler:
     global batch k holds positions ``k*B .. (k+1)*B - 1``; process r takes the r-th contiguous slice of it.
     So a global batch holds the same samples for any number of processes (unlike `DistributedSampler`, which
     shards whole epochs), and a resumed run continues at the exact sample where the checkpoint was taken.
+
+    `order` "shuffle" draws a new permutation every epoch. "original" is the released training's order: images
+    (samples sharing a key in `groups`) are shuffled once, each image's samples stay together in dataset order, and
+    every epoch repeats that order (the PhraseCut loader shuffles its image ids once; the DataLoader never
+    shuffles). "sequential" is the dataset's own order.
     """
 
     def __init__(
@@ -29,7 +34,8 @@ class GlobalBatchSampler:
         world_size: int = 1,
         seed: int = 0,
         start_step: int = 0,
-        shuffle: bool = True,
+        order: SampleOrder = "shuffle",
+        groups: Sequence[Hashable] | None = None,
     ) -> None:
         if dataset_size < 1:
             raise ValueError("the training dataset is empty")
@@ -43,7 +49,12 @@ class GlobalBatchSampler:
         self.rank = rank
         self.seed = seed
         self.start_step = start_step
-        self.shuffle = shuffle
+        if order not in SAMPLE_ORDERS:
+            raise ValueError(f"data.order must be one of {', '.join(SAMPLE_ORDERS)}, got {order!r}")
+        if groups is not None and len(groups) != dataset_size:
+            raise ValueError(f"{len(groups)} group keys for {dataset_size} samples")
+        self.order = order
+        self.groups = groups
         self._permutations: dict[int, torch.Tensor] = {}
 
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -51,13 +62,23 @@ class GlobalBatchSampler:
         if epoch not in self._permutations:
             if len(self._permutations) >= 2:  # a batch spans at most two epochs
                 self._permutations.pop(min(self._permutations))
-            if self.shuffle:
+            if self.order == "shuffle":
                 generator = torch.Generator().manual_seed(self.seed + epoch)
                 order = torch.randperm(self.dataset_size, generator=generator)
+            elif self.order == "original":
+                order = self._grouped_order()
             else:
                 order = torch.arange(self.dataset_size)
             self._permutations[epoch] = order
         return self._permutations[epoch]
+
+    def _grouped_order(self) -> torch.Tensor:
+        members: dict[Hashable, list[int]] = {}
+        for index, key in enumerate(self.groups if self.groups is not None else range(self.dataset_size)):
+            members.setdefault(key, []).append(index)
+        images = list(members.values())
+        shuffled = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return torch.tensor([index for image in shuffled for index in images[image]])
 
     def keys(self, step: int) -> list[tuple[int, int]]:
         """This process's ``(epoch, index)`` keys of global batch `step`."""

@@ -246,6 +246,8 @@ class Trainer:
             world_size=self.distributed.world_size,
             seed=self.config.run.seed,
             start_step=self.step,
+            order=self.config.data.order,
+            groups=getattr(self.train_dataset, "image_keys", None),
         )
         workers = self.config.data.num_workers
         loader = DataLoader(
