@@ -279,3 +279,14 @@ def test_default_visual_prompt_pixels_match_the_original_img_preprocess():
     support = prepare_support(torch.from_numpy(image), torch.from_numpy(mask), "crop_blur_highlight", size)
     assert support.token_mask is None
     np.testing.assert_allclose(support.pixel_values.numpy(), expected, atol=1e-5)
+
+
+def test_training_reads_clip_blocks_3_7_9_by_default():
+    """Paper Sec. 3 and the released experiments/phrasecut.yaml: activations of CLIP blocks 3, 7 and 9 (0-based)."""
+    from clipseg.training.config import ModelSettings
+    from clipseg.training.model import build_model
+
+    narrow = {"width": 32, "heads": 1, "mlp_width": 32, "output_dim": 32}
+    architecture = {"vision": {**narrow, "layers": 12, "patch_size": 16, "image_size": 64}, "text": {**narrow, "layers": 1}}
+    model = build_model(ModelSettings(clip="random", architecture=architecture), seed=0)
+    assert model.config.decoder.extract_layers == (3, 7, 9)

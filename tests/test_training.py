@@ -223,6 +223,7 @@ def test_exported_model_loads_and_validation_is_logged(tmp_path: Path) -> None:
     assert result.model_dir == tmp_path / "model"
     assert result.validation.samples == len(validation_data) and 0 <= result.validation.scores.ap <= 1
     loaded = clipseg.load_model(result.model_dir)
+    assert loaded.config.image_size == 32  # trained at 32 px: the exported model is run at 32 px by default
     batch = next(iter(torch.utils.data.DataLoader(validation_data, batch_size=3)))
     conditional = loaded.encode_text(loaded.tokenizer(list(batch["text"])).ids)
     assert loaded(batch["image"], conditional).shape == (3, 1, 32, 32)

@@ -14,10 +14,15 @@ from ..model.clipseg import CLIPSeg
 from ..model.config import PRESETS, CLIPSegConfig
 from .config import RANDOM_CLIP, ModelSettings
 
+# The released decoders were trained reading CLIP blocks (3, 7, 9) (the paper; experiments/phrasecut.yaml), while
+# the presets keep (3, 6, 9), the layers every front-end runs the hub checkpoints with at inference.
+TRAINING_EXTRACT_LAYERS = (3, 7, 9)
 
-def build_model(settings: ModelSettings, seed: int) -> CLIPSeg:
+
+def build_model(settings: ModelSettings, seed: int, image_size: int | None = None) -> CLIPSeg:
     """The model of `settings`, on the CPU, CLIP frozen. A fresh decoder is initialised from `seed` (without
-    touching the global RNG), so every process of a run and every resumption builds the same model."""
+    touching the global RNG), so every process of a run and every resumption builds the same model. `image_size`
+    (the training resolution) is recorded in the model's config, so that the exported model is run at it."""
     if settings.init is not None:
         if settings.architecture:
             raise ValueError("model.architecture cannot be combined with model.init (the checkpoint fixes it)")
@@ -26,6 +31,8 @@ def build_model(settings: ModelSettings, seed: int) -> CLIPSeg:
         model = load_model(settings.init)
     else:
         model = _fresh_model(settings, seed)
+    if image_size is not None:
+        model.config = dataclasses.replace(model.config, image_size=image_size)
     set_decoder_dropout(model, settings.dropout)
     return model
 
@@ -38,7 +45,8 @@ def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
         raise ValueError(
             "model.architecture: vision/text settings need model.clip: random (CLIP weights fix their architecture)"
         )
-    config = _with_architecture(PRESETS[settings.preset], settings.architecture)
+    preset = PRESETS[settings.preset].replace(extract_layers=TRAINING_EXTRACT_LAYERS)
+    config = _with_architecture(preset, settings.architecture)
     clip_state, tokenizer = None, None
     if pretrained_clip:
         from ..checkpoints.load import load_clip

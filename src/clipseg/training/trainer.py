@@ -128,7 +128,7 @@ class Trainer:
                 "or choose another run.output_dir"
             )
         seed = config.run.seed
-        self.model = build_model(config.model, seed).to(self.device)
+        self.model = build_model(config.model, seed, config.data.image_size).to(self.device)
         self.fingerprint = frozen_fingerprint(self.model)
         self.parameters = trainable_parameters(self.model)
         self.optimizer = torch.optim.AdamW(
