@@ -172,3 +172,11 @@ def test_bad_inputs_raise_clear_errors(image_and_mask):
         prepare_support(image[0], mask)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         prepare_support(image, mask * 2)
+
+
+def test_table2_combination_rows_are_what_the_notebook_ran():
+    """Visual_Feature_Engineering.ipynb, `preprocessing_functions`: 'crop & background blur' is
+    img_preprocess(blur=3, center_context=0.5) and 'crop & intensity 10%' is img_preprocess(blur=3, bg_fac=0.1)."""
+    crop_blur, intensity = VARIANTS["crop_blur"], VARIANTS["crop_bg_intensity_10"]
+    assert (crop_blur.blur_sigma, crop_blur.background_factor, crop_blur.crop_context) == (3.0, 1.0, 0.5)
+    assert (intensity.blur_sigma, intensity.background_factor, intensity.crop_context) == (3.0, 0.1, None)
