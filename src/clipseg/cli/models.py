@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -71,26 +72,43 @@ def info(
     run_command(body, debug=debug)
 
 
+Layout = Enum("Layout", {name: name for name in ("clipseg", "transformers", "original")}, type=str)
+
+
 def convert(
     source: Annotated[str, typer.Argument(help="Hub id, transformers folder, or original .pth decoder file.")],
-    destination: Annotated[Path, typer.Argument(help="Folder to write (safetensors + config + tokenizer files).")],
+    destination: Annotated[Path, typer.Argument(help="Folder to write.")],
+    to: Annotated[
+        Layout,
+        typer.Option(
+            "--to",
+            help="Layout to write: clipseg (this package's), transformers (CLIPSegForImageSegmentation.from_pretrained,"
+            " transformers.js, the hub) or original (the original repository's rd64-uni*.pth decoder file).",
+        ),
+    ] = Layout.clipseg,
     clip: ClipOption = None,
     extract_layers: LayersOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Convert any checkpoint `load_model` reads into this package's own format (loadable with --model DST)."""
+    """Convert any checkpoint `load_model` reads into this package's format (loadable with --model DST), transformers'
+    CLIPSeg layout, or the original repository's decoder file."""
 
     def body() -> None:
         if destination.exists() and not destination.is_dir():
             raise CLIError(f"{destination} exists and is not a folder", EXIT_USAGE)
         if destination.is_dir() and any(destination.iterdir()) and not overwrite:
             raise CLIError(f"{destination} is not empty (pass --overwrite to write into it)", EXIT_USAGE)
+        from ..checkpoints.convert import ConversionError
+        from ..checkpoints.publish import save_model
+
         loaded = load_model_or_fail(source, clip=clip, extract_layers=extract_layers)
         try:
-            loaded.save_pretrained(destination)
+            save_model(loaded, destination, to.value)
+        except ConversionError as error:
+            raise CLIError(f"cannot write {source} in the {to.value} layout: {error}", EXIT_USAGE) from None
         except OSError as error:
             raise CLIError(f"cannot write {destination}: {error.strerror or error}") from None
-        print_line(stderr_console(), f"wrote {destination}")
+        print_line(stderr_console(), f"wrote {destination} ({to.value} layout)")
 
     run_command(body, debug=debug)

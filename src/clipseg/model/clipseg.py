@@ -122,8 +122,17 @@ class CLIPSeg(nn.Module):
         """The fields `save_pretrained` writes to config.json (besides "format")."""
         return self.config.to_dict()
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write weights (safetensors), config and tokenizer files to `directory`; `clipseg.load_model` reads it."""
+    def save_pretrained(self, directory: str | os.PathLike, layout: str = "clipseg") -> Path:
+        """Write weights (safetensors), config and tokenizer files to `directory`; `clipseg.load_model` reads it.
+
+        `layout` "transformers" writes transformers' CLIPSeg layout instead (`CLIPSegForImageSegmentation.
+        from_pretrained`, transformers.js, the hub), "original" the original repository's decoder file: see
+        `clipseg.checkpoints.publish.save_model`."""
+        if layout != "clipseg":
+            # The converters to other layouts live at the edge, beside the readers (clipseg.checkpoints).
+            from ..checkpoints.publish import save_model
+
+            return save_model(self, directory, layout)
         from ..checkpoints.io import write_safetensors
         from ..fileio import write_text
 
