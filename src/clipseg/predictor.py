@@ -33,6 +33,7 @@ from .image import ImageInput, MaskInput, load_image, load_mask, preprocess, res
 from .model.clipseg import CLIPSeg
 from .postprocess import DEFAULT_THRESHOLD
 from .templates import TemplateSet, resolve_templates
+from .thresholds import ThresholdLike, per_prompt
 from .visual_prompt import DEFAULT_VARIANT, VARIANTS, VisualPromptSpec, prepare_support
 
 # Prompt-image pairs per decoder call: bounds memory (the refined head keeps a 32-channel map at full size).
@@ -154,13 +155,16 @@ class Prediction:
         """(P, H, W) float32 probabilities in [0, 1] at the original image size, negatives applied."""
         return self._with_negatives(self._full_size_probabilities(self.logits))
 
-    def masks(self, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-        """(P, H, W) bool: probability >= `threshold`."""
-        return self.probabilities >= threshold
+    def masks(self, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """(P, H, W) bool: probability >= threshold. `threshold` is one number for every prompt, a `Thresholds`
+        (calibrated per prompt, with an overall fallback) or a mapping prompt name -> threshold."""
+        values = torch.tensor(per_prompt(threshold, self.names), dtype=torch.float32)
+        return self.probabilities >= values[:, None, None]
 
-    def mask(self, index: int, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-        """(H, W) bool mask of prompt `index`."""
-        return self.probability(index) >= threshold
+    def mask(self, index: int, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """(H, W) bool mask of prompt `index` (threshold as in `masks`)."""
+        (value,) = per_prompt(threshold, self.names[index : index + 1])
+        return self.probability(index) >= torch.tensor(value, dtype=torch.float32)
 
     def union_probability(self) -> torch.Tensor:
         """(H, W) max over prompts: the soft union."""
@@ -169,13 +173,19 @@ class Prediction:
             union = torch.maximum(union, self.probability(index))
         return union
 
-    def union(self, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-        """(H, W) bool: pixels in any prompt's mask."""
-        return self.union_probability() >= threshold
+    def union(self, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """(H, W) bool: pixels in any prompt's mask (threshold as in `masks`)."""
+        if isinstance(threshold, (int, float)):
+            return self.union_probability() >= torch.tensor(per_prompt(threshold, ["union"])[0], dtype=torch.float32)
+        union = self.mask(0, threshold)
+        for index in range(1, len(self.names)):
+            union |= self.mask(index, threshold)
+        return union
 
-    def label_map(self, background_threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-        """(H, W) int64 labels: 1 + index of the most probable prompt, 0 where no prompt reaches
-        `background_threshold`."""
+    def label_map(self, background_threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """(H, W) int64 labels: 1 + index of the most probable prompt, 0 where that prompt does not reach its
+        threshold (`background_threshold`: one number, or per prompt as in `masks`)."""
+        limits = torch.tensor(per_prompt(background_threshold, self.names), dtype=torch.float32)
         best = torch.full(self.image_size, -1.0)
         labels = torch.zeros(self.image_size, dtype=torch.long)
         for index in range(len(self.names)):
@@ -183,7 +193,7 @@ class Prediction:
             better = probability > best
             best = torch.where(better, probability, best)
             labels[better] = index + 1
-        labels[best < background_threshold] = 0
+        labels[best < limits[labels - 1]] = 0
         return labels
 
     def _full_size_probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from ..model.baselines import CLIPDeconv, ViTSeg
 from ..model.clipseg import CONFIG_NAME, CLIPSeg
 from ..model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
+from ..thresholds import THRESHOLDS_NAME, Thresholds
 from ..tokenizer import CLIPTokenizer
 from . import convert
 from .io import CheckpointError, read_state_dict
@@ -50,14 +51,22 @@ def load_model(
     if clip is not None and not path.is_file():
         raise ValueError("clip= is only used with an original-repository decoder file")
     if path.is_dir():
-        model = _load_directory(path, layers)
+        model = _with_thresholds(_load_directory(path, layers), path)
     elif path.is_file():
         model = _load_original(path, clip if clip is not None else DEFAULT_CLIP, layers)
     elif str(source) in HUB_MODELS or _HUB_ID.match(str(source)):
-        model = _load_directory(_download(HUB_MODELS.get(str(source), str(source))), layers)
+        directory = _download(HUB_MODELS.get(str(source), str(source)))
+        model = _with_thresholds(_load_directory(directory, layers), directory)
     else:
         raise FileNotFoundError(f"{source}: no such file or directory, and not a hub id of the form 'org/name'")
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _with_thresholds(model: CLIPSeg, directory: Path) -> CLIPSeg:
+    """Attach the directory's calibrated `thresholds.json` (written by `clipseg train` or by hand), if any."""
+    if (directory / THRESHOLDS_NAME).exists():
+        model.thresholds = Thresholds.load(directory / THRESHOLDS_NAME)
+    return model
 
 
 def _download(repo_id: str) -> Path:

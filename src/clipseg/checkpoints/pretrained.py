@@ -28,4 +28,5 @@ HUB_FILE_PATTERNS = [
     "merges.txt",
     "*.safetensors",
     "model.safetensors.index.json",
+    "thresholds.json",
 ]

@@ -16,6 +16,7 @@ from .config import CLIPSegConfig
 from .decoder import Decoder
 
 if TYPE_CHECKING:
+    from ..thresholds import Thresholds
     from ..tokenizer import CLIPTokenizer
 
 CONFIG_FORMAT = "clipseg"
@@ -42,6 +43,8 @@ class CLIPSeg(nn.Module):
         self.visual.requires_grad_(False)
         self.text.requires_grad_(False)
         self._tokenizer = tokenizer
+        # Calibrated per-prompt thresholds (`clipseg.thresholds.Thresholds`) that came with the weights, if any.
+        self.thresholds: Thresholds | None = None
 
     @property
     def tokenizer(self) -> CLIPTokenizer:
@@ -143,6 +146,8 @@ class CLIPSeg(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
         write_safetensors(state, directory / WEIGHTS_NAME)
+        if self.thresholds is not None:  # calibrated thresholds travel with the weights
+            self.thresholds.save(directory / "thresholds.json")
         # The config goes last: a directory with a config.json is complete.
         config = {"format": self.config_format, **self.saved_config()}
         write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
