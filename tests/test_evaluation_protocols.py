@@ -23,11 +23,8 @@ from clipseg.evaluation.inference import (
     prepare_input,
     probabilities_at_original,
 )
-from clipseg.evaluation.protocols import (
-    PascalZeroShotProtocol,
-    make_protocol,
-    unseen_classes,
-)
+from clipseg.evaluation.protocols import make_protocol
+from clipseg.evaluation.protocols.pascal_zeroshot import PascalZeroShotProtocol, unseen_classes
 from clipseg.evaluation.reference import TABLES
 from clipseg.evaluation.runner import run_evaluation
 
@@ -232,11 +229,11 @@ def test_config_errors_are_one_clear_line(tmp_path):
     base = {"table": "3", "protocol": "phrasecut", "dataset": {"root": "x"}, "models": [{"name": "a", "source": "b/c"}]}
     with pytest.raises(ValueError, match="unknown protocol"):
         config_from_dict({**base, "protocol": "kitti"})
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="config: unknown config key 'epochs'"):
         config_from_dict({**base, "epochs": 3})
     with pytest.raises(ValueError, match="needs a 'source'"):
         config_from_dict({**base, "models": [{"name": "a"}]})
-    with pytest.raises(ValueError, match="options: unknown keys"):
+    with pytest.raises(ValueError, match="unknown config key 'options.treshold'"):
         make_protocol(config_from_dict({**base, "options": {"treshold": 0.3}}))
     with pytest.raises(ValueError, match="prompts must be"):
         make_protocol(config_from_dict({**base, "options": {"prompts": ["audio"]}}))

@@ -39,7 +39,8 @@ def eval_(
     """
 
     def body() -> None:
-        from .config import ModelSpec, load_config
+        from .config import load_config
+        from .settings import ModelSpec
         from .runner import run_evaluation
 
         settings = load_config(config)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..checkpoints.load import load_model
 from .cache import SampleCache, file_signature, fingerprint
-from .config import EvalConfig, ModelSpec
+from .settings import EvalConfig, ModelSpec
 from .inference import (
     Geometry,
     Placement,

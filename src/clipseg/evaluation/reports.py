@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_path, write_text
-from .config import EvalConfig
+from .settings import EvalConfig
 from .engine import Row
 from .metrics import THRESHOLDS
 from .reference import PaperTable, paper_table

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..progress import progress_bar
-from .config import EvalConfig
+from .settings import EvalConfig
 from .engine import Row, Runtime
 from .protocols import make_protocol
 from .reports import ReportFiles, write_report

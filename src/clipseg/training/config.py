@@ -7,11 +7,7 @@ iterations, BCE, mixed precision on GPU). Unknown keys and values of the wrong t
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from ..checkpoints.pretrained import DEFAULT_CLIP
+from ..typed_config import apply_overrides, build, flatten, plain, read_yaml
 
 RANDOM_CLIP = "random"
 
@@ -213,7 +210,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-serialisable; tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        return plain(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -223,39 +220,18 @@ class TrainConfig:
         """Build from a nested dict, coercing values to the declared types; unknown keys are errors."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a training config must be a mapping of sections, got {type(data).__name__}")
-        return _build(cls, data, "")
+        return build(cls, data)
 
     def with_overrides(self, overrides: Iterable[str]) -> TrainConfig:
         """A copy with ``"section.key=value"`` overrides applied (values parsed as YAML, then type-checked)."""
         data = self.to_dict()
-        for override in overrides:
-            key, value = parse_override(override)
-            _set_path(data, key.split("."), value, key)
+        apply_overrides(data, overrides)
         return TrainConfig.from_dict(data)
 
 
-def parse_override(override: str) -> tuple[str, Any]:
-    """``"optim.lr=3e-4"`` -> ``("optim.lr", "3e-4")``; the value is parsed as YAML (lists, null, true)."""
-    key, separator, text = override.partition("=")
-    key = key.strip()
-    if not separator or not key:
-        raise ValueError(f"override {override!r} must look like section.key=value (e.g. optim.lr=3e-4)")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as error:
-        raise ValueError(f"override {override!r}: the value is not valid YAML ({error.problem})") from None
-    return key, value
-
-
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> TrainConfig:
-    """Read a YAML training config and apply ``section.key=value`` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    """Read a YAML training config (``base:`` chains resolved) and apply ``section.key=value`` overrides."""
+    data = read_yaml(path, what="training config")
     try:
         return TrainConfig.from_dict(data).with_overrides(overrides)
     except ValueError as error:
@@ -264,110 +240,10 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Train
 
 def changed_keys(old: TrainConfig, new: TrainConfig) -> list[str]:
     """Dotted keys whose values differ between two configs."""
-    flat_old, flat_new = _flatten(old.to_dict()), _flatten(new.to_dict())
+    flat_old, flat_new = flatten(old.to_dict()), flatten(new.to_dict())
     return sorted(key for key in flat_old.keys() | flat_new.keys() if flat_old.get(key) != flat_new.get(key))
 
 
 def _check(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ValueError(f"{key}: {message}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _set_path(data: dict[str, Any], parts: list[str], value: Any, key: str) -> None:
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        if part not in node and depth >= 2:  # a new key inside a free-form dict such as model.architecture
-            node[part] = {}
-        if not isinstance(node.get(part), dict):
-            raise ValueError(f"unknown config key {key!r}")
-        node = node[part]
-    if len(parts) <= 2 and parts[-1] not in node:
-        raise ValueError(f"unknown config key {key!r}")
-    node[parts[-1]] = value
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
-    values = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """`value` converted to the type `hint`, or a ValueError naming `key`."""
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{key}: expected a section (mapping), got {value!r}")
-        return _build(hint, value, key + ".")
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _coerce(value, option, key)
-            except ValueError as error:
-                errors.append(error)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and Ellipsis not in args:
-            if len(value) != len(args):
-                raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-        return origin(_coerce(v, args[0], key) for v in value)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{key}: expected a mapping, got {value!r}")
-        return copy.deepcopy(dict(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        # YAML 1.1 reads "1e-3" (no dot) as a string, so numeric strings are accepted for floats.
-        if isinstance(value, bool):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected a number, got {value!r}") from None
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    if hint is Any:
-        return value
-    raise TypeError(f"{key}: unsupported config type {hint!r}")

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..model.clipseg import CLIPSeg
 from ..model.config import PRESETS, CLIPSegConfig
+from ..typed_config import merge
 from .config import RANDOM_CLIP, ModelSettings
 
 # The released decoders were trained reading CLIP blocks (3, 7, 9) (the paper; experiments/phrasecut.yaml), while
@@ -71,23 +72,13 @@ def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
 
 
 def _with_architecture(config: CLIPSegConfig, overrides: Mapping[str, Any]) -> CLIPSegConfig:
-    merged = _deep_merge(config.to_dict(), overrides)
+    merged = merge(config.to_dict(), overrides)
     try:
         return CLIPSegConfig.from_dict(merged)
     except TypeError as error:  # an unknown field of a sub-config
         raise ValueError(f"model.architecture: {error}") from None
     except ValueError as error:
         raise ValueError(f"model.architecture: {error}") from None
-
-
-def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def set_decoder_dropout(model: CLIPSeg, probability: float) -> None:

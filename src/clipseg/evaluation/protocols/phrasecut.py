@@ -1,0 +1,130 @@
+"""PhraseCut (Tables 3 and 9).
+
+PhraseCut test, image and mask resized to 352 x 352; the raw phrase as prompt; mIoU treats every sample as its own
+class (the original passed the sample index as the class), i.e. the mean of per-sample IoU. Visual prompts
+(Table 9): samples whose phrase occurs more than once; the support is a sample with the same phrase drawn uniformly
+(itself included, as in the original), prompt-engineered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from ...data.phrasecut import PhraseCut
+from ..engine import BinarySample, Query, Row, Runtime, binary_values, collect_examples, evaluate_binary
+from ..inference import place_mask, prepare_input
+from ..metrics import BinaryScores
+from ..settings import ModelSpec
+from .base import EvaluationProtocol, register
+
+
+@dataclass(frozen=True)
+class PhraseCutOptions:
+    split: str = "test"
+    prompts: tuple[str, ...] = ("text",)
+    text_template: str = "{}"
+    visual_prompt: str = "crop_blur_highlight"
+    threshold: float = 0.3
+    seed: int = 0
+
+
+def _check_prompts(prompts: Sequence[str]) -> None:
+    if not prompts or set(prompts) - {"text", "visual"}:
+        raise ValueError(f"prompts must be a non-empty list of 'text' and/or 'visual', got {list(prompts)}")
+
+
+@register
+class PhraseCutProtocol(EvaluationProtocol):
+    name = "phrasecut"
+    Options = PhraseCutOptions
+
+    def validate(self, options: PhraseCutOptions) -> None:
+        _check_prompts(options.prompts)
+
+    @cached_property
+    def dataset(self):
+        try:
+            return PhraseCut(self.config.dataset["root"], self.options.split)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"{error}: download PhraseCut with the official tool (github.com/ChenyunWu/PhraseCutDataset, "
+                "python download_dataset.py) so that <root>/VGPhraseCut_v0/refer_test.json and images/ exist, or set "
+                "dataset.root in the config"
+            ) from None
+
+    def _query(self, index: int, prompt: str | None, support: int | None) -> Query:
+        size = self.config.image_size
+        dataset = self.dataset
+        image, placement = prepare_input(dataset.load_image(index), size, "squash", *self._stats)
+        target = place_mask(dataset.load_mask(index), size, "squash")
+        support_pair = None
+        if support is not None:
+            support_image, _ = prepare_input(dataset.load_image(support), size, "squash", *self._stats)
+            support_pair = (support_image, place_mask(dataset.load_mask(support), size, "squash"))
+        return Query(image, placement, target, None, prompt, support_pair, dataset.tasks[index].phrase)
+
+    def samples(self, kind: str, options: PhraseCutOptions) -> list[BinarySample]:
+        tasks = self.dataset.tasks
+        if kind == "text":
+            chosen = [(k, None) for k in range(len(tasks))]
+        else:
+            by_phrase: dict[str, list[int]] = {}
+            for k, task in enumerate(tasks):
+                by_phrase.setdefault(task.phrase, []).append(k)
+            random = np.random.default_rng(options.seed)
+            chosen = [
+                (k, int(random.choice(by_phrase[t.phrase])))
+                for k, t in enumerate(tasks)
+                if len(by_phrase[t.phrase]) > 1
+            ]
+        samples = []
+        for index, support in chosen:
+            task = tasks[index]
+            prompt = options.text_template.format(task.phrase) if kind == "text" else None
+            samples.append(
+                BinarySample(
+                    key=f"{kind}/{task.task_id}",
+                    group=task.task_id,
+                    load=lambda i=index, p=prompt, s=support: self._query(i, p, s),
+                )
+            )
+        return samples
+
+    def rows(self, spec: ModelSpec, runtime: Runtime) -> list[Row]:
+        options = self.options_for(spec)
+        threshold = self.threshold(spec, options)
+        segmenter = runtime.segmenter(spec, options.split)
+        self._stats = (segmenter.mean, segmenter.std)
+        values: dict[str, float] = {"t": threshold}
+        details: dict[str, Any] = {}
+        curves: dict[str, BinaryScores] = {}
+        examples = []
+        for kind in options.prompts:
+            samples = runtime.limited(self.samples(kind, options))
+            if not samples:
+                raise ValueError(f"PhraseCut {options.split}: no samples for {kind} prompts")
+            state = {"kind": kind, "options": dataclasses.asdict(options) | {"threshold": None}}
+            cache = runtime.cache(spec, options.split, state, name=kind)
+            scores = evaluate_binary(
+                runtime,
+                segmenter,
+                samples,
+                cache,
+                description=f"{spec.name}: {kind}",
+                visual_prompt=options.visual_prompt,
+                geometry="squash",
+            ).scores()
+            values |= {f"{kind}/{k}": v for k, v in binary_values(scores, threshold).items() if k != "t"}
+            details[kind] = {"samples": len(samples), **scores.summary()}
+            curves[kind] = scores
+            if not examples:
+                examples = collect_examples(
+                    segmenter, samples, self.config.qualitative, visual_prompt=options.visual_prompt, geometry="squash"
+                )
+        return [Row(spec.name, spec.paper_row or spec.name, values, details, curves, examples)]

@@ -1,0 +1,159 @@
+"""Visual prompt engineering (Table 2).
+
+CLIP alone; ΔP(object) = P(target | highlighted) - P(target | plain), P = softmax over "a photo of a <name>" of the
+target and the other objects in the image (logit scale 100).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...data.lvis import LVIS
+from ...visual_prompt import VARIANTS, prepare_support
+from ..engine import Row, Runtime
+from ..inference import place_mask, prepare_input
+from ..reference import TABLE2_LABELS
+from ..settings import ModelSpec
+from .base import EvaluationProtocol, register
+
+# fmt: off
+TABLE2_VARIANTS = (
+    "cls_mask_last", "cls_mask_all", "all_tokens_all_layers", "dye_red_grayscale", "red_outline", "bg_intensity_50",
+    "bg_intensity_10", "bg_intensity_0", "blur", "blur_bg_intensity_10", "crop_large_context", "crop", "crop_blur",
+    "crop_bg_intensity_10", "crop_blur_highlight",
+)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class PromptEngineeringOptions:
+    variants: tuple[str, ...] = TABLE2_VARIANTS
+    samples: int = 1600
+    min_names: int = 3
+    min_area: float = 0.05
+    text_template: str = "a photo of a {}"
+    logit_scale: float = 100.0
+    seed: int = 0
+
+
+@register
+class VisualPromptEngineeringProtocol(EvaluationProtocol):
+    name = "visual_prompt_engineering"
+    Options = PromptEngineeringOptions
+    required_dataset_keys = ("annotations",)
+    optional_dataset_keys = ("image_root",)
+
+    def validate(self, options: PromptEngineeringOptions) -> None:
+        unknown = set(options.variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown visual prompt variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
+        if options.min_names < 2:
+            raise ValueError("min_names must be at least 2 (the target and one other object)")
+
+    @cached_property
+    def lvis(self):
+        return LVIS(self.config.dataset["annotations"], self.config.dataset.get("image_root"))
+
+    def selection(self, options: PromptEngineeringOptions) -> list[tuple[int, Any, list[str]]]:
+        """(image id, target annotation, object names with the target's first), one target per image."""
+        random = np.random.default_rng(options.seed)
+        candidates = []
+        for image_id in sorted(self.lvis.annotations_by_image):
+            annotations = self.lvis.annotations_by_image[image_id]
+            names = sorted({self.lvis.category_name(a.category_id) for a in annotations})
+            if len(names) < options.min_names:
+                continue
+            image = self.lvis.images[image_id]
+            area = float(image["height"]) * float(image["width"])
+            large = [a for a in annotations if a.area >= options.min_area * area]
+            if large:
+                target = large[int(random.integers(len(large)))]
+                name = self.lvis.category_name(target.category_id)
+                candidates.append((image_id, target, [name] + [n for n in names if n != name]))
+        if len(candidates) > options.samples:
+            keep = sorted(random.choice(len(candidates), options.samples, replace=False).tolist())
+            candidates = [candidates[k] for k in keep]
+        return candidates
+
+    def _target_probabilities(self, segmenter, item, variants: Sequence[str], options) -> np.ndarray:
+        image_id, annotation, names = item
+        size = self.config.image_size
+        clip_size = segmenter.model.config.vision.image_size
+        pixels, _ = prepare_input(self.lvis.load_image(image_id), size, "squash", segmenter.mean, segmenter.std)
+        mask = place_mask(self.lvis.instance_mask(annotation), size, "squash")
+        texts = segmenter.text_embeddings([options.text_template.format(n) for n in names])
+        texts = F.normalize(texts.float(), dim=-1)
+        result = []
+        for variant in variants:
+            prompt = prepare_support(pixels, mask, variant, size, mean=segmenter.mean, std=segmenter.std)
+            resized = F.interpolate(
+                prompt.pixel_values[None], (clip_size, clip_size), mode="bilinear", align_corners=False
+            ).to(segmenter.device)
+            with torch.inference_mode():
+                if prompt.token_mask is None:
+                    embedding = segmenter.model.encode_image(resized)
+                else:
+                    embedding = segmenter.model.encode_image(
+                        resized,
+                        token_mask=prompt.token_mask[None].to(segmenter.device),
+                        token_mask_mode=prompt.token_mask_mode,
+                    )
+            logits = options.logit_scale * F.normalize(embedding.float(), dim=-1) @ texts.T
+            result.append(float(logits.softmax(-1)[0, 0]))
+        return np.asarray(result)
+
+    def rows(self, spec: ModelSpec, runtime: Runtime) -> list[Row]:
+        options = self.options_for(spec)
+        variants = ("none",) + tuple(options.variants)
+        segmenter = runtime.segmenter(spec, "lvis")
+        selection = runtime.limited(self.selection(options))
+        if not selection:
+            raise ValueError(f"{self.lvis.path}: no image has {options.min_names} object names and a large object")
+        state = {"options": dataclasses.asdict(options), "variants": variants}
+        cache = runtime.cache(spec, "lvis", state, name="delta_p")
+        wanted = {f"{item[0]}/{item[1].id}" for item in selection}
+        probabilities: dict[str, np.ndarray] = {}
+        with runtime.bar(f"{spec.name}: visual prompts", len(selection)) as advance:
+            for key, arrays in cache.completed():
+                if key in wanted and key not in probabilities:
+                    probabilities[key] = arrays["target_probability"]
+                    advance(1)
+            try:
+                for item in selection:
+                    key = f"{item[0]}/{item[1].id}"
+                    if key in probabilities:
+                        continue
+                    probabilities[key] = self._target_probabilities(segmenter, item, variants, options)
+                    cache.put(key, {"target_probability": probabilities[key]})
+                    advance(1)
+            finally:
+                cache.flush()
+        table = np.stack([probabilities[k] for k in sorted(probabilities)])
+        delta = table[:, 1:] - table[:, :1]
+        rows = []
+        prefix = f"{spec.name}: " if len(self.config.models) > 1 else ""
+        for column, variant in enumerate(options.variants):
+            label = TABLE2_LABELS.get(variant, VARIANTS[variant].description)
+            rows.append(
+                Row(
+                    f"{prefix}{label}",
+                    label,
+                    {"delta_p": float(delta[:, column].mean())},
+                    {
+                        "variant": variant,
+                        "samples": len(table),
+                        "std": float(delta[:, column].std()),
+                        "p_plain": float(table[:, 0].mean()),
+                        "p_highlighted": float(table[:, column + 1].mean()),
+                    },
+                )
+            )
+        return rows
