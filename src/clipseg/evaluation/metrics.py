@@ -15,7 +15,7 @@ The ``1 +`` in every denominator is the original's smoothing: it keeps empty cla
 slightly smaller than the textbook ratio (e.g. scikit-learn's precision ``TP / (TP + FP)``), by less than
 ``1 / (1 + TP + FP)``.
 
-Statistics are streamed: `threshold_statistics` reduces a batch of probability maps to (B, 49, 4) counts with
+Statistics are streamed: `threshold_statistics` reduces a batch of probability maps to (B, 49, 4) counts (TP, FP, FN, TN) with
 one `bucketize` and one `bincount`, and `StatisticsAccumulator` keeps only per-class sums (memory independent of
 the dataset size).
 """
@@ -31,8 +31,6 @@ import torch
 THRESHOLDS: np.ndarray = np.linspace(0, 1, 51)[1:-1]
 """The 49 fixed thresholds 0.02, 0.04, ..., 0.98."""
 NUM_THRESHOLDS = len(THRESHOLDS)
-STATISTICS = ("tp", "fp", "fn", "tn")
-"""Order of the last axis of statistics arrays."""
 REPORTED_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 """Thresholds whose values `BinaryScores.summary` lists by name (the paper's tables use 0.1, 0.2 and 0.3)."""
 

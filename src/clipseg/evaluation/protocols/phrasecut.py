@@ -9,7 +9,6 @@ class (the original passed the sample index as the class), i.e. the mean of per-
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -34,18 +33,14 @@ class PhraseCutOptions:
     seed: int = 0
 
 
-def _check_prompts(prompts: Sequence[str]) -> None:
-    if not prompts or set(prompts) - {"text", "visual"}:
-        raise ValueError(f"prompts must be a non-empty list of 'text' and/or 'visual', got {list(prompts)}")
-
-
 @register
 class PhraseCutProtocol(EvaluationProtocol):
     name = "phrasecut"
     Options = PhraseCutOptions
 
     def validate(self, options: PhraseCutOptions) -> None:
-        _check_prompts(options.prompts)
+        if not options.prompts or set(options.prompts) - {"text", "visual"}:
+            raise ValueError(f"prompts must be a non-empty list of 'text' and/or 'visual', got {list(options.prompts)}")
 
     @cached_property
     def dataset(self):
