@@ -40,6 +40,7 @@ def eval_(
 
     def body() -> None:
         from .config import load_config
+        from .protocols import PROTOCOLS
         from .settings import ModelSpec
         from .runner import run_evaluation
 
@@ -54,7 +55,7 @@ def eval_(
                 )
             changes["models"] = tuple(specs)
         if root is not None:
-            key = "annotations" if settings.protocol in ("lvis_generalized", "visual_prompt_engineering") else "root"
+            key = PROTOCOLS[settings.protocol].required_dataset_keys[0]  # the dataset's location
             changes["dataset"] = {**settings.dataset, key: root}
         if output is not None:
             changes["output"] = str(output)

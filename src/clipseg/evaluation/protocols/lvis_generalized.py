@@ -28,21 +28,26 @@ class GeneralizedOptions:
     max_images_per_prompt: int | None = None
 
 
-@register
-class LVISGeneralizedProtocol(EvaluationProtocol):
-    name = "lvis_generalized"
-    Options = GeneralizedOptions
+class LVISProtocol(EvaluationProtocol):
+    """A protocol on LVIS annotations (images from COCO 2017): its dataset keys and the loaded annotations."""
+
     required_dataset_keys = ("annotations",)
     optional_dataset_keys = ("image_root",)
+
+    @cached_property
+    def lvis(self) -> LVIS:
+        return LVIS(self.config.dataset["annotations"], self.config.dataset.get("image_root"))
+
+
+@register
+class LVISGeneralizedProtocol(LVISProtocol):
+    name = "lvis_generalized"
+    Options = GeneralizedOptions
 
     def validate(self, options: GeneralizedOptions) -> None:
         unknown = set(options.groups) - set(generalized_prompt_groups())
         if unknown:
             raise ValueError(f"unknown generalized prompt groups {sorted(unknown)}")
-
-    @cached_property
-    def lvis(self):
-        return LVIS(self.config.dataset["annotations"], self.config.dataset.get("image_root"))
 
     def samples(self, group: str, options: GeneralizedOptions, stats: tuple) -> list[BinarySample]:
         samples = []

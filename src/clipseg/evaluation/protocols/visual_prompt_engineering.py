@@ -9,20 +9,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...data.lvis import LVIS
 from ...visual_prompt import VARIANTS, prepare_support
 from ..engine import Row, Runtime
 from ..inference import place_mask, prepare_input
 from ..reference import TABLE2_LABELS
 from ..settings import ModelSpec
-from .base import EvaluationProtocol, register
+from .base import register
+from .lvis_generalized import LVISProtocol
 
 # fmt: off
 TABLE2_VARIANTS = (
@@ -45,11 +44,9 @@ class PromptEngineeringOptions:
 
 
 @register
-class VisualPromptEngineeringProtocol(EvaluationProtocol):
+class VisualPromptEngineeringProtocol(LVISProtocol):
     name = "visual_prompt_engineering"
     Options = PromptEngineeringOptions
-    required_dataset_keys = ("annotations",)
-    optional_dataset_keys = ("image_root",)
 
     def validate(self, options: PromptEngineeringOptions) -> None:
         unknown = set(options.variants) - set(VARIANTS)
@@ -57,10 +54,6 @@ class VisualPromptEngineeringProtocol(EvaluationProtocol):
             raise ValueError(f"unknown visual prompt variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
         if options.min_names < 2:
             raise ValueError("min_names must be at least 2 (the target and one other object)")
-
-    @cached_property
-    def lvis(self):
-        return LVIS(self.config.dataset["annotations"], self.config.dataset.get("image_root"))
 
     def selection(self, options: PromptEngineeringOptions) -> list[tuple[int, Any, list[str]]]:
         """(image id, target annotation, object names with the target's first), one target per image."""
