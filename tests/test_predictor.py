@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from predictor_fixtures import photo, save_jpeg, tiny_model
 
 from clipseg.image import load_image, preprocess
-from clipseg.predictor import ImagePrompt, MixedPrompt, Prediction, Predictor
+from clipseg.predictor import Prediction, Predictor
+from clipseg.prompts import ImagePrompt, MixedPrompt
 from clipseg.templates import TEMPLATES
 from clipseg.visual_prompt import VARIANTS
 

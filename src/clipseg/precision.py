@@ -21,7 +21,6 @@ what the masks are thresholded from.
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
 import torch
 from torch import nn
@@ -29,9 +28,8 @@ from torch import nn
 from .model.clipseg import CLIPSeg
 from .model.onednn import pack_weights
 from .model.transformer import Attention
+from .number_formats import PRECISIONS, Precision
 
-Precision = Literal["fp32", "bf16", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
 _FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

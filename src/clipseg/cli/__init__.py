@@ -12,8 +12,9 @@ from importlib import import_module
 
 import typer
 
+from .labels import labels
 from .models import convert, info
-from .segment import labels, segment
+from .segment import segment
 
 app = typer.Typer(
     name="clipseg",

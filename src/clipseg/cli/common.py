@@ -10,10 +10,11 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from enum import Enum
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
+
+from .options import Backend, Precision
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,50 +29,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")
-
-# Arguments and options of every command that loads a model.
-ModelArgument = Annotated[str, typer.Argument(help="Hub id, local checkpoint folder, or original .pth decoder file.")]
-ClipOption = Annotated[
-    str | None, typer.Option(help="CLIP weights for an original .pth decoder file.", rich_help_panel="Model")
-]
-LayersOption = Annotated[
-    str | None,
-    typer.Option(
-        "--extract-layers", help="Override the CLIP blocks the decoder reads, e.g. 3,7,9.", rich_help_panel="Model"
-    ),
-]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
-
-
-class Precision(str, Enum):
-    """Number format of inference (`clipseg.precision.apply_precision`)."""
-
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class Backend(str, Enum):
-    """What runs the model: PyTorch, or onnxruntime on a `clipseg export-onnx` folder."""
-
-    torch = "torch"
-    onnx = "onnx"
-
-
-PrecisionOption = Annotated[
-    Precision,
-    typer.Option(
-        help="fp32; bf16 (CPUs with AVX-512 BF16/AMX, GPUs); fp16 (GPUs); int8 (CPU, dynamic quantisation).",
-        rich_help_panel="Model",
-    ),
-]
-BackendOption = Annotated[
-    Backend,
-    typer.Option(
-        help="torch, or onnx: --model is then a folder written by `clipseg export-onnx`.", rich_help_panel="Model"
-    ),
-]
 
 
 class CLIError(Exception):

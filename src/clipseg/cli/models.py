@@ -8,18 +8,8 @@ from typing import Annotated
 
 import typer
 
-from .common import (
-    EXIT_USAGE,
-    CLIError,
-    ClipOption,
-    DebugOption,
-    LayersOption,
-    ModelArgument,
-    load_model_or_fail,
-    print_line,
-    run_command,
-    stderr_console,
-)
+from .common import EXIT_USAGE, CLIError, load_model_or_fail, print_line, run_command, stderr_console
+from .options import ClipOption, DebugOption, LayersOption, ModelArgument
 
 
 def info(

@@ -1,0 +1,178 @@
+"""Which images a command reads and which files it writes for each: finding the images, naming the outputs.
+
+Pure file-system code: nothing here imports torch, directly or indirectly (numpy and PIL only when a function runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .common import EXIT_USAGE, CLIError, one_line, print_line
+from .options import OutputFormat
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+# File name endings per format; "rle" is one JSON file per image holding every prompt.
+SUFFIXES = {
+    OutputFormat.mask: ".png",
+    OutputFormat.soft: ".soft.png",
+    OutputFormat.heatmap: ".heatmap.jpg",
+    OutputFormat.overlay: ".overlay.jpg",
+    OutputFormat.cutout: ".cutout.png",
+    OutputFormat.rle: ".rle.json",
+}
+PROMPT_SEPARATOR = "__"
+LABEL_SUFFIX = ".labels.png"
+LABEL_OVERLAY_SUFFIX = ".labels-overlay.jpg"
+LEGEND_NAME = "labels.json"
+
+Failure = tuple[str, str]  # (input, reason)
+
+
+@dataclass
+class Job:
+    """One input image and the files it should produce."""
+
+    source: Path
+    stem: Path  # output folder / sanitised image name, without suffix
+    # (kind, prompt index or None for one file per image) -> path
+    files: dict[tuple[str, int | None], Path] = field(default_factory=dict)
+
+    def path(self, output: Path, suffix: str) -> Path:
+        return output / self.stem.with_name(self.stem.name + suffix)
+
+    def done(self) -> bool:
+        return all(path.exists() for path in self.files.values())
+
+
+def plan_jobs(arguments: Sequence[Path], output: Path, console: Console) -> tuple[list[Job], list[Failure]]:
+    """Find the images named or inside the folders (recursively, hidden entries and the output folder skipped) and
+    give each a unique sanitised output stem that mirrors its place below the folder it was found in."""
+    found, failures = find_images(arguments, output, console)
+    stems = unique_stems(found)
+    return [Job(path, stem) for (path, _), stem in zip(found, stems, strict=True)], failures
+
+
+def find_images(
+    arguments: Sequence[Path], output: Path, console: Console
+) -> tuple[list[tuple[Path, tuple[str, ...]]], list[Failure]]:
+    """Each image once, with the folders between it and the folder argument it was found in; a missing argument is
+    a failure, a folder without images a warning, the output folder given as an input a usage error."""
+    from ..image import IMAGE_SUFFIXES
+
+    failures: list[Failure] = []
+    found: list[tuple[Path, tuple[str, ...]]] = []
+    seen: set[Path] = set()
+    output_resolved = output.resolve()
+    for argument in arguments:
+        if argument.is_dir() and argument.resolve() == output_resolved:
+            raise CLIError(
+                f"{argument} is both an input and the output folder (its outputs would be read as inputs next time): "
+                f"write to a subfolder, e.g. -o {argument / 'masks'}",
+                EXIT_USAGE,
+            )
+        if argument.is_dir():
+            sources = [
+                (path, path.relative_to(argument).parent.parts)
+                for path in _walk(argument, output_resolved, IMAGE_SUFFIXES)
+            ]
+            if not sources:
+                print_line(console, f"warning: {argument}: no image files found")
+        elif argument.exists():
+            sources = [(argument, ())]
+        else:
+            failures.append((str(argument), "no such file or directory"))
+            continue
+        for path, folders in sources:
+            resolved = path.resolve()
+            if resolved not in seen:
+                seen.add(resolved)
+                found.append((path, folders))
+    return found, failures
+
+
+def unique_stems(found: Sequence[tuple[Path, tuple[str, ...]]]) -> list[Path]:
+    """Sanitised output stems (folders / name, no suffix), unique without regard to case.
+
+    Images whose names collide (photo.jpg and photo.png) get their suffix appended (photo_jpg, photo_png); stems
+    that still collide (the sanitised names of "a b.jpg" and "a_b.jpg") get a hash of the image's full path."""
+    from ..outputs import safe_name
+
+    def stem_for(path: Path, folders: tuple[str, ...], extra: str = "") -> Path:
+        name = safe_name(path.stem + extra, fallback="image")
+        return Path(*(safe_name(folder, fallback="folder") for folder in folders), name)
+
+    def colliding(stems: list[Path]) -> set[int]:
+        counts: dict[str, int] = {}
+        for stem in stems:
+            counts[str(stem).lower()] = counts.get(str(stem).lower(), 0) + 1
+        return {index for index, stem in enumerate(stems) if counts[str(stem).lower()] > 1}
+
+    stems = [stem_for(path, folders) for path, folders in found]
+    for index in colliding(stems):
+        path, folders = found[index]
+        stems[index] = stem_for(path, folders, f"_{path.suffix.lstrip('.')}")
+    for index in colliding(stems):
+        path, _ = found[index]
+        stems[index] = stems[index].with_name(f"{stems[index].name}-{_digest(str(path.resolve()))}")
+    return stems
+
+
+def plan_segment_outputs(jobs: Sequence[Job], output: Path, formats: Sequence[OutputFormat], names: list[str]) -> None:
+    """Name each job's files for `clipseg segment`: NAME__PROMPT.SUFFIX per prompt and format, NAME.rle.json."""
+    from ..outputs import unique_names
+
+    slugs = unique_names(names, keep_dots=False)
+    for job in jobs:
+        for fmt in formats:
+            if fmt == OutputFormat.rle:
+                job.files[(fmt.value, None)] = job.path(output, SUFFIXES[fmt])
+            else:
+                for index, slug in enumerate(slugs):
+                    job.files[(fmt.value, index)] = job.path(output, f"{PROMPT_SEPARATOR}{slug}{SUFFIXES[fmt]}")
+
+
+def plan_label_outputs(jobs: Sequence[Job], output: Path) -> None:
+    """Name each job's files for `clipseg labels`: NAME.labels.png and NAME.labels-overlay.jpg."""
+    for job in jobs:
+        job.files = {
+            ("labels", None): job.path(output, LABEL_SUFFIX),
+            ("overlay", None): job.path(output, LABEL_OVERLAY_SUFFIX),
+        }
+
+
+def prepare_output(output: Path) -> None:
+    """Create the output folder, prove it is writable, and clear temporaries of runs that were killed."""
+    from ..fileio import remove_stale_temporaries, write_bytes
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".clipseg-write-test"
+        write_bytes(probe, b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or one_line(error)
+        raise CLIError(f"cannot write to output folder {output}: {reason}") from None
+    remove_stale_temporaries(output)
+
+
+def _walk(root: Path, skip: Path, suffixes: frozenset[str]) -> Iterator[Path]:
+    for directory, subdirectories, files in os.walk(root):
+        here = Path(directory)
+        subdirectories[:] = sorted(
+            name for name in subdirectories if not name.startswith(".") and (here / name).resolve() != skip
+        )
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+                yield here / name
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
