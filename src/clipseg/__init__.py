@@ -5,6 +5,8 @@
     predictor = clipseg.Predictor(model)
     predictor.set_image("kitchen.jpg")
     masks = predictor.predict(["a cup", "something to sit on"])
+    support = clipseg.ImagePrompt("example.jpg", "example_mask.png")
+    prediction = predictor.predict([support, clipseg.MixedPrompt("a cup", support, text_weight=0.5)])
 
 Names are imported lazily so that `import clipseg` (and the CLI's --help) does not import torch.
 """
@@ -22,6 +24,11 @@ _EXPORTS = {
     "CLIPSegConfig": "clipseg.model.config",
     "CLIPTokenizer": "clipseg.tokenizer",
     "Predictor": "clipseg.predictor",
+    "Prediction": "clipseg.predictor",
+    "ImagePrompt": "clipseg.prompts",
+    "MixedPrompt": "clipseg.prompts",
+    "SegmentationModel": "clipseg.model.interface",
+    "apply_precision": "clipseg.precision",
 }
 __all__ = [*_EXPORTS, "__version__"]
 
@@ -29,7 +36,10 @@ if TYPE_CHECKING:
     from .checkpoints.load import load_model
     from .model.clipseg import CLIPSeg
     from .model.config import CLIPSegConfig
-    from .predictor import Predictor
+    from .model.interface import SegmentationModel
+    from .precision import apply_precision
+    from .predictor import Prediction, Predictor
+    from .prompts import ImagePrompt, MixedPrompt
     from .tokenizer import CLIPTokenizer
 
 

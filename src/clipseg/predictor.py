@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .image import ImageInput, load_image, preprocess, resize_mask
-from .model.clipseg import CLIPSeg
+from .model.interface import SegmentationModel
 from .postprocess import DEFAULT_THRESHOLD
 from .prompts import ImagePrompt, MixedPrompt, Prompt
 from .templates import TemplateSet, resolve_templates
 from .thresholds import ThresholdLike, per_prompt
-from .visual_prompt import prepare_support
+from .visual_prompt import VisualPromptSpec, prepare_support
 
 # Prompt-image pairs per decoder call: bounds memory (the refined head keeps a 32-channel map at full size).
 DECODE_CHUNK = 8
@@ -141,15 +141,16 @@ class Predictor:
     """Runs a CLIPSeg model on images: backbone once per image, decoder batched over prompts.
 
     Args:
-        model: a `clipseg.CLIPSeg` (e.g. from `clipseg.load_model`).
-        device: move the model there; default: leave it where it is.
+        model: any `SegmentationModel`: a `clipseg.CLIPSeg` (e.g. from `clipseg.load_model`) or an
+            `clipseg.export.runtime.OnnxModel`.
+        device: move a PyTorch model there; default: leave it where it is.
         image_size: side of the square model input; default `model.config.image_size` (352).
         cache_size: conditional vectors (per text/template or image prompt) kept across images (LRU).
     """
 
     def __init__(
         self,
-        model: CLIPSeg,
+        model: SegmentationModel,
         *,
         device: str | torch.device | None = None,
         image_size: int | None = None,
@@ -308,12 +309,32 @@ class Predictor:
             return templates
         return (random.Random(f"{seed}\0{text}").choice(templates),)
 
-    def _text_vector(self, text: str, templates: tuple[str, ...]) -> torch.Tensor:
-        return self._encode_texts([template.format(text) for template in templates]).mean(dim=0)
-
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Conditional vectors (N, D) of texts as given (no templates), each encoded once while it stays cached;
+        warns about a text longer than the text encoder's context."""
+        texts = list(texts)
         self._cache_texts(texts)
         return torch.stack([self._recall(("text", text)) for text in texts])
+
+    @torch.inference_mode()
+    def encode_supports(
+        self, pixels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], variant: str | VisualPromptSpec
+    ) -> torch.Tensor:
+        """Conditional vectors (N, D) of N support images: normalised pixels (3, S, S) at `image_size` and their
+        object masks (S, S), prepared by visual prompt engineering `variant` (`clipseg.visual_prompt`)."""
+        config = self.model.config
+        supports = [
+            prepare_support(image, mask, variant, self.image_size, mean=config.image_mean, std=config.image_std)
+            for image, mask in zip(pixels, masks, strict=True)
+        ]
+        pixel_values = torch.stack([support.pixel_values for support in supports]).to(self.device)
+        mode = supports[0].token_mask_mode
+        token_mask = None if mode is None else torch.stack([support.token_mask for support in supports]).to(self.device)
+        return self.model.encode_image(pixel_values, token_mask=token_mask, token_mask_mode=mode or "cls_last")
+
+    def _text_vector(self, text: str, templates: tuple[str, ...]) -> torch.Tensor:
+        return self.encode_texts([template.format(text) for template in templates]).mean(dim=0)
 
     def _cache_texts(self, texts: list[str]) -> None:
         missing = [text for text in dict.fromkeys(texts) if ("text", text) not in self._cache]
@@ -335,20 +356,9 @@ class Predictor:
         if key in self._cache:
             return self._recall(key)
         config = self.model.config
-        supports = []
-        for image, mask in prompt.examples:
-            pixels = preprocess(image, self.image_size, config.image_mean, config.image_std)
-            coverage = torch.from_numpy(resize_mask(mask, self.image_size))
-            supports.append(
-                prepare_support(
-                    pixels, coverage, prompt.variant, self.image_size, mean=config.image_mean, std=config.image_std
-                )
-            )
-        pixel_values = torch.stack([support.pixel_values for support in supports])
-        mode = supports[0].token_mask_mode
-        token_mask = None if mode is None else torch.stack([support.token_mask for support in supports]).to(self.device)
-        embeddings = self.model.encode_image(pixel_values, token_mask=token_mask, token_mask_mode=mode or "cls_last")
-        self._remember(key, embeddings.mean(dim=0))
+        pixels = [preprocess(image, self.image_size, config.image_mean, config.image_std) for image, _ in prompt.examples]
+        masks = [torch.from_numpy(resize_mask(mask, self.image_size)) for _, mask in prompt.examples]
+        self._remember(key, self.encode_supports(pixels, masks, prompt.variant).mean(dim=0))
         return self._recall(key)
 
     def _decode(

@@ -19,8 +19,8 @@ from .options import Backend, Precision
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..export.runtime import OnnxModel
     from ..model.clipseg import CLIPSeg
+    from ..model.interface import SegmentationModel
 
 # The same default as clipseg.checkpoints.pretrained.DEFAULT_MODEL, spelled out to keep torch out of --help.
 DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
@@ -157,7 +157,7 @@ def load_engine_or_fail(
     clip: str | None = None,
     extract_layers: str | None = None,
     console: Console | None = None,
-) -> CLIPSeg | OnnxModel:
+) -> SegmentationModel:
     """What a `Predictor` runs: a PyTorch model at `precision` on `device` (a --device name, "auto" included), or
     onnxruntime sessions on an ONNX export folder. Every mismatch (an export given to torch, int8 on a GPU, ...) is
     a one-line CLIError."""

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from ..model.interface import SegmentationModel
+from ..predictor import Predictor
 
 Geometry = Literal["squash", "letterbox"]
 GEOMETRIES = ("squash", "letterbox")
@@ -117,49 +120,32 @@ def probabilities_at_original(probabilities: torch.Tensor, placement: Placement,
 
 
 class Segmenter:
-    """A model plus the conditioning caches an evaluation needs.
+    """A model plus the conditioning caches an evaluation needs; text and support images are encoded by a
+    `clipseg.Predictor` (its `encode_texts` and `encode_supports`), as in inference.
 
-    Works with `clipseg.CLIPSeg` and the baselines: anything with ``tokenizer``, ``encode_text``, ``encode_image``,
-    ``extract_features``, ``decode`` and ``config.image_mean/std``.
+    Works with any `SegmentationModel`: `clipseg.CLIPSeg`, the baselines, an ONNX export.
     """
 
-    def __init__(self, model: Any, *, image_size: int = 352) -> None:
+    def __init__(self, model: SegmentationModel, *, image_size: int = 352) -> None:
         self.model = model
         self.image_size = image_size
         self.mean = tuple(model.config.image_mean)
         self.std = tuple(model.config.image_std)
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self.predictor = Predictor(model, image_size=image_size)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    @torch.inference_mode()
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(N, D) conditional vectors of text prompts (each distinct prompt encoded once per run)."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if missing:
-            ids = self.model.tokenizer(list(missing)).ids
-            for prompt, embedding in zip(missing, self.model.encode_text(ids.to(self.device))):
-                self._text_cache[prompt] = embedding
-        return torch.stack([self._text_cache[p] for p in prompts])
+        """(N, D) conditional vectors of text prompts (each distinct prompt encoded once while cached)."""
+        return self.predictor.encode_texts(prompts)
 
-    @torch.inference_mode()
     def support_embeddings(
         self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], variant: str
     ) -> torch.Tensor:
         """(N, D) conditional vectors of support images prepared with a visual prompt `variant`."""
-        from ..visual_prompt import prepare_support
-
-        prompts = [
-            prepare_support(i, m, variant, self.image_size, mean=self.mean, std=self.std) for i, m in zip(images, masks)
-        ]
-        pixels = torch.stack([p.pixel_values for p in prompts]).to(self.device)
-        mode = prompts[0].token_mask_mode
-        if mode is None:
-            return self.model.encode_image(pixels)
-        token_mask = torch.stack([p.token_mask for p in prompts]).to(self.device)
-        return self.model.encode_image(pixels, token_mask=token_mask, token_mask_mode=mode)
+        return self.predictor.encode_supports(images, masks, variant)
 
     @torch.inference_mode()
     def probabilities(

@@ -3,9 +3,10 @@
     model = OnnxModel("clipseg-onnx/")
     predictor = clipseg.Predictor(model)       # as with a PyTorch model
 
-`OnnxModel` offers `config`, `tokenizer`, `device`, `dtype`, `eval()`, `extract_features`, `encode_text`,
-`encode_image` and `decode`, taking and returning torch tensors (float32, CPU). Text runs at its real length, as
-in PyTorch (causal attention makes the padding after the last end-of-text token irrelevant).
+`OnnxModel` satisfies `clipseg.model.interface.SegmentationModel`: `config`, `tokenizer`, `device`, `dtype`,
+`eval()`, `extract_features`, `encode_text`, `encode_image` and `decode`, taking and returning torch tensors
+(float32, CPU). Text runs at its real length, as in PyTorch (causal attention makes the padding after the last
+end-of-text token irrelevant).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model.clip import TokenMaskMode
 from ..model.clipseg import CONFIG_NAME
 from ..model.config import CLIPSegConfig
+from ..model.interface import check_pairing
 from ..tokenizer import CLIPTokenizer
 from .onnx import GRAPHS
 
@@ -89,7 +92,11 @@ class OnnxModel:
         return torch.from_numpy(embedding)
 
     def encode_image(
-        self, pixel_values: torch.Tensor, *, token_mask: torch.Tensor | None = None, token_mask_mode: str = "cls_last"
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        token_mask: torch.Tensor | None = None,
+        token_mask_mode: TokenMaskMode = "cls_last",
     ) -> torch.Tensor:
         """Normalised support images (B, 3, S, S) -> CLIP image embeddings (B, 512)."""
         if token_mask is not None:
@@ -115,13 +122,10 @@ class OnnxModel:
         if tuple(output_size) != (side, side):
             raise ValueError(f"this ONNX export decodes at {side}x{side}, not {tuple(output_size)}")
         images, prompts = features[0].shape[0], conditional.shape[0]
+        check_pairing(images, prompts, image_index)
         if image_index is None:
-            if images not in (1, prompts):
-                raise ValueError(f"{images} images and {prompts} conditional vectors: pass image_index")
             image_index = torch.arange(prompts) if images == prompts else torch.zeros(prompts, dtype=torch.long)
         index = _numpy(image_index, np.int64)
-        if index.shape != (prompts,) or (prompts and (index.min() < 0 or index.max() >= images)):
-            raise ValueError(f"image_index must hold {prompts} indices in [0, {images}), got {index.tolist()}")
         inputs = {f"activation_{i}": _numpy(f, np.float32) for i, f in enumerate(features)}
         (logits,) = self._run("decoder", **inputs, conditional=_numpy(conditional, np.float32), image_index=index)
         return torch.from_numpy(logits)

@@ -14,6 +14,7 @@ from torch import nn
 from .clip import TextTransformer, TokenMaskMode, VisionTransformer
 from .config import CLIPSegConfig
 from .decoder import Decoder
+from .interface import check_pairing
 
 if TYPE_CHECKING:
     from ..thresholds import Thresholds
@@ -97,10 +98,7 @@ class CLIPSeg(nn.Module):
         reads the single image when B_img == 1."""
         grid = self.visual.grid_for(*output_size)
         conditional = conditional.to(device=self.device, dtype=features[0].dtype)
-        if image_index is None and features[0].shape[0] not in (1, conditional.shape[0]):
-            raise ValueError(
-                f"{features[0].shape[0]} images and {conditional.shape[0]} conditional vectors: pass image_index"
-            )
+        check_pairing(features[0].shape[0], conditional.shape[0], image_index)
         logits = self.decoder(features, conditional, grid, image_index)
         if logits.shape[-2:] != tuple(output_size):
             # Input sides that are not multiples of the patch size: the head covers only whole patches.
