@@ -33,8 +33,8 @@ def quiet() -> tuple[Console, io.StringIO]:
 
 
 def stems(jobs) -> dict[str, str]:
-    return {job.source.name if job.source.parent.name == "in" else f"{job.source.parent.name}/{job.source.name}":
-            str(job.stem) for job in jobs}
+    """Image file name -> its planned stem."""
+    return {job.source.name: str(job.stem) for job in jobs}
 
 
 def sha8(path: Path) -> str:

@@ -356,8 +356,9 @@ class Predictor:
         if key in self._cache:
             return self._recall(key)
         config = self.model.config
-        pixels = [preprocess(image, self.image_size, config.image_mean, config.image_std) for image, _ in prompt.examples]
-        masks = [torch.from_numpy(resize_mask(mask, self.image_size)) for _, mask in prompt.examples]
+        size = self.image_size
+        pixels = [preprocess(image, size, config.image_mean, config.image_std) for image, _ in prompt.examples]
+        masks = [torch.from_numpy(resize_mask(mask, size)) for _, mask in prompt.examples]
         self._remember(key, self.encode_supports(pixels, masks, prompt.variant).mean(dim=0))
         return self._recall(key)
 
