@@ -104,15 +104,15 @@ def gemm_rate(repeats: int) -> dict[str, float]:
     """GFLOP/s of fp32 matrix products, a large square one (the machine's GEMM rate) and the backbone's MLP
     shape, each through torch's BLAS (`torch.mm`, what `F.linear` calls) and through oneDNN with a pre-packed
     weight (what our CPU path calls); the best of the two is the machine's fp32 rate as far as torch reaches it."""
-    from clipseg.model.onednn import _onednn_linear
+    from clipseg.model import onednn
 
     rates = {}
     for name, (m, k, n) in GEMM_SHAPES.items():
         a, weight = torch.randn(m, k), torch.randn(n, k)
         runs = {f"blas_{name}": lambda: torch.mm(a, weight.t())}
-        if _onednn_linear is not None:
+        if onednn.available():
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, m)
-            runs[f"onednn_{name}"] = lambda packed=packed: _onednn_linear(a, packed, None, "none", [], "")
+            runs[f"onednn_{name}"] = lambda packed=packed: onednn.linear(a, packed)
         for run_name, seconds in best_times(runs, repeats=repeats * 3, warmup=2).items():
             rates[run_name] = 2 * m * k * n / seconds / 1e9
         rates[name] = max(rate for run_name, rate in rates.items() if run_name.endswith(name) and run_name != name)

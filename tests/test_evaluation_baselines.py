@@ -15,7 +15,8 @@ from clipseg.checkpoints.timm_vit import (
     timm_vit_to_ours,
 )
 from clipseg import load_model
-from clipseg.model.baselines import CLIPDeconv, ViTSeg, build_vitseg
+from clipseg.checkpoints.vitseg import build_vitseg
+from clipseg.model.baselines import CLIPDeconv, ViTSeg
 from clipseg.model.clip import VisionTransformer
 from clipseg.model.config import CLIPSegConfig, DecoderConfig, TextConfig
 from clipseg.testing import TINY_CONFIG, perturb_

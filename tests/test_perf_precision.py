@@ -128,7 +128,7 @@ def _cpu_supports_fp16_conv() -> bool:
 def test_fp32_cpu_inference_takes_onednn_and_matches_the_blas_path(reference, monkeypatch):
     import clipseg.model.onednn as onednn_module
 
-    if onednn_module._onednn_linear is None:
+    if not onednn_module.available():
         pytest.skip("this torch build has no oneDNN")
     pixels, ids, expected = reference
     calls = []
@@ -161,9 +161,9 @@ def test_training_backpropagates_through_the_decoder_linears():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_packed_weights_give_the_same_outputs_and_save_dense(reference, precision, tmp_path):
     import clipseg
-    from clipseg.model.onednn import _onednn_linear, linear
+    from clipseg.model.onednn import available, linear
 
-    if _onednn_linear is None:
+    if not available():
         pytest.skip("this torch build has no oneDNN")
     pixels, ids, expected = reference
     plain = random_model().to(_DTYPES[precision])
@@ -200,7 +200,7 @@ def test_int8_model_is_not_saved_half_way(tmp_path):
 def test_cpu_attention_matches_the_fused_kernel(dtype, monkeypatch):
     import clipseg.model.onednn as onednn_module
 
-    if onednn_module._onednn_linear is None:
+    if not onednn_module.available():
         pytest.skip("this torch build has no oneDNN")
     batch, heads, tokens, dim = 2, 3, 70, 32  # wide enough heads and enough tokens for the oneDNN path
     packed = torch.randn(batch, tokens, 3, heads, dim, generator=torch.Generator().manual_seed(0)).to(dtype)

@@ -5,7 +5,7 @@
 
 bf16/fp16 convert every parameter (`model.to(dtype)`, the same as `load_model(..., dtype=...)`); activations
 follow the weights and the predictor hands back float32 logits. On the CPU, fp32 and bf16 linear weights are also
-pre-packed in oneDNN's layout (`clipseg.model.onednn.pack_weights`, 7-14% faster): the model is then for CPU
+pre-packed in oneDNN's layout (`pack_weights`, 7-14% faster): the model is then for CPU
 inference only (its state dict and `save_pretrained` stay as before). A model converted to the precision has all
 its linears packed; one already at it (e.g. fp32 as loaded) only the hot path, the backbone blocks the decoder
 reads and the decoder, because packed copies of weights loaded from a memory-mapped file cost memory and the
@@ -25,8 +25,8 @@ import warnings
 import torch
 from torch import nn
 
+from .model import onednn
 from .model.clipseg import CLIPSeg
-from .model.onednn import pack_weights
 from .model.transformer import Attention
 from .number_formats import PRECISIONS, Precision
 
@@ -50,6 +50,42 @@ def apply_precision(model: CLIPSeg, precision: Precision) -> CLIPSeg:
     if precision == "int8":
         return quantize_dynamic(model)
     raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def pack_weights(model: nn.Module, rows: int = 512) -> nn.Module:
+    """Store every linear weight of `model` (our `Linear`s and the attention blocks' q/k/v projections) in
+    oneDNN's pre-packed layout, in place, for CPU inference in float32 or bfloat16. Returns `model`.
+
+    The module is then for inference on the CPU only: no gradients, no `.to()` another device or dtype (load it
+    again for that). `state_dict()` and `save_pretrained` still give the ordinary dense weights. `rows` is a
+    hint of the typical number of input rows (tokens); oneDNN's layouts are fast across a wide range of it.
+    Weights that cannot be packed (no oneDNN, another device or dtype) are left as they are.
+
+    Memory: a packed weight is a new tensor. Weights loaded from a safetensors file are views of its memory
+    map, which stays resident while the model lives, so each packed weight adds its size to the process."""
+    for module in model.modules():
+        name = "weight" if isinstance(module, onednn.Linear) else "in_proj_weight" if isinstance(module, Attention) else None
+        if name is not None and _packable(getattr(module, name)):
+            packed = torch.ops.mkldnn._reorder_linear_weight(getattr(module, name).detach(), rows)
+            setattr(module, name, nn.Parameter(packed, requires_grad=False))
+            module.register_state_dict_post_hook(_dense_state)
+    return model
+
+
+def _packable(weight: torch.Tensor) -> bool:
+    return (
+        onednn.available()
+        and not weight.is_mkldnn
+        and weight.device.type == "cpu"
+        and weight.dtype in (torch.float32, torch.bfloat16)
+    )
+
+
+def _dense_state(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+    # state_dict() of a packed model reads as an ordinary one (save_pretrained, ONNX export, other libraries).
+    for key, value in state.items():
+        if key.startswith(prefix) and value.is_mkldnn:
+            state[key] = value.to_dense()
 
 
 def _native_on_this_cpu(precision: str) -> bool:

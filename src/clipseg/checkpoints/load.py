@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -134,7 +135,7 @@ def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> 
             _check_layer_count(extract_layers, decoder.get("extract_layers", DecoderConfig.extract_layers), directory)
             saved["decoder"] = {**decoder, "extract_layers": list(extract_layers)}
         model_class = SAVED_FORMATS[saved_format]
-        return _build(lambda: model_class.from_saved_config(saved, tokenizer), state, weights_file)
+        return build(lambda: model_class.from_saved_config(saved, tokenizer), state, weights_file)
     if config_json.get("model_type") == "clipseg":
         preprocessor_path = directory / "preprocessor_config.json"
         preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else None
@@ -154,7 +155,7 @@ def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> 
         config = config.replace(extract_layers=extract_layers)
     if unused:
         raise CheckpointError(f"{weights_file}: unexpected keys {_preview(unused)}")
-    return _build(lambda: CLIPSeg(config, tokenizer), converted, weights_file)
+    return build(lambda: CLIPSeg(config, tokenizer), converted, weights_file)
 
 
 def _check_layer_count(override: Sequence[int], saved: Sequence[int], directory: Path) -> None:
@@ -221,21 +222,30 @@ def _load_original(path: Path, clip: str | os.PathLike, extract_layers: tuple[in
         raise CheckpointError(f"{path}: unexpected keys {_preview(unused)}")
     decoder = convert.original_decoder_from_shapes(state, extract_layers or ORIGINAL_EXTRACT_LAYERS, str(path))
     config = CLIPSegConfig(vision=vision, text=text, decoder=decoder)
-    return _build(lambda: CLIPSeg(config, tokenizer), state, str(path))
+    return build(lambda: CLIPSeg(config, tokenizer), state, str(path))
 
 
-def _build(make_model: Callable[[], CLIPSeg], state: Mapping[str, torch.Tensor], source: str) -> CLIPSeg:
-    """Instantiate without random init (meta device), then take the tensors, checking the key sets exactly."""
-    with torch.device("meta"):
+def build(
+    make_model: Callable[[], CLIPSeg],
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    may_be_missing: tuple[str, ...] = (),
+) -> CLIPSeg:
+    """`make_model()` holding the tensors of `state`, the key sets checked exactly: every key the model has must be
+    in `state` except those starting with a prefix in `may_be_missing`, which keep their fresh initialisation.
+    Without such prefixes the model is instantiated without random init (meta device)."""
+    with torch.device("meta") if not may_be_missing else contextlib.nullcontext():
         model = make_model()
     expected = set(model.state_dict())
-    missing, extra = expected - set(state), set(state) - expected
+    missing = {key for key in expected - set(state) if not key.startswith(may_be_missing)}
+    extra = set(state) - expected
     if missing or extra:
         parts = [f"missing keys {_preview(missing)}" if missing else "", f"unexpected keys {_preview(extra)}" if extra else ""]
         raise CheckpointError(f"{source}: " + "; ".join(p for p in parts if p))
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
-        model.load_state_dict(tensors, strict=True, assign=True)
+        model.load_state_dict(tensors, strict=not may_be_missing, assign=True)
     except RuntimeError as error:
         mismatches = re.findall(r"size mismatch for ([\w.]+)", str(error))
         raise CheckpointError(f"{source}: tensor shapes do not fit the architecture: {_preview(mismatches)}") from None

@@ -11,13 +11,12 @@
   statistics the original's data pipeline used (timm's weights were trained with mean = std = 0.5).
 
 Both keep CLIPSeg's methods (``encode_text``, ``encode_image``, ``extract_features``, ``decode``, ``forward``) and
-train only the decoder. `build_vitseg` assembles ViTSeg from a timm checkpoint and CLIP weights;
-``save_pretrained`` / `clipseg.load_model` round-trip both.
+train only the decoder. `clipseg.checkpoints.vitseg.build_vitseg` assembles ViTSeg from a timm checkpoint and CLIP
+weights; ``save_pretrained`` / `clipseg.load_model` round-trip both.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -170,42 +169,3 @@ class ViTSeg(CLIPSeg):
     @classmethod
     def from_saved_config(cls, saved: dict[str, Any], tokenizer=None) -> ViTSeg:
         return cls(CLIPSegConfig.from_dict(saved), tokenizer=tokenizer)
-
-
-def build_vitseg(
-    vit_checkpoint: str | os.PathLike,
-    clip: str | os.PathLike,
-    *,
-    decoder: DecoderConfig | None = None,
-    heads: int | None = None,
-    seed: int = 0,
-) -> ViTSeg:
-    """ViTSeg from a timm ViT checkpoint (safetensors or a plain state dict) and CLIP weights (what
-    `clipseg.load_model` takes as ``clip=``: OpenAI's ViT-B-16.pt, a transformers CLIP directory or hub id).
-
-    `decoder` defaults to the paper's (D = 64, blocks 3, 7, 9). The decoder and the frozen image projection are
-    drawn at random from `seed`."""
-    from ..checkpoints.io import read_state_dict
-    from ..checkpoints.load import load_clip
-    from ..checkpoints.timm_vit import timm_vision_config, timm_vit_to_ours
-
-    vit_state = read_state_dict(vit_checkpoint)
-    visual, unsupported = timm_vit_to_ours(vit_state)
-    if unsupported:
-        raise ValueError(f"{vit_checkpoint}: keys this ViT cannot hold: {sorted(unsupported)[:8]}")
-    clip_state, _, text_config, tokenizer = load_clip(clip)
-    vision_config = timm_vision_config(vit_state, heads=heads, output_dim=text_config.output_dim)
-    config = CLIPSegConfig(
-        vision=vision_config, text=text_config, decoder=decoder or DecoderConfig(extract_layers=(3, 7, 9))
-    )
-    torch.manual_seed(seed)
-    model = ViTSeg(config, tokenizer=tokenizer)
-    text = {k: v for k, v in clip_state.items() if k.startswith("text.")}
-    expected = {k for k in model.state_dict() if k.startswith(("visual.", "text."))} - {"visual.proj"}
-    missing = expected - set(visual) - set(text)
-    if missing:
-        raise ValueError(f"ViTSeg weights are missing {sorted(missing)[:8]}")
-    incompatible = model.load_state_dict({**visual, **text}, strict=False)
-    if incompatible.unexpected_keys:
-        raise ValueError(f"unexpected ViTSeg weights {sorted(incompatible.unexpected_keys)[:8]}")
-    return model.eval()

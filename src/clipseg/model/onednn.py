@@ -10,8 +10,7 @@ dtypes, graph capture (ONNX, torch.compile), torch without oneDNN, `torch.backen
 through the BLAS and has no fast bf16 path: per-head oneDNN products in fp32 (2.5 against 3.9 ms per block),
 batched products in bf16 (which torch sends to oneDNN itself).
 
-`pack_weights` goes one step further: each weight is stored once, in oneDNN's blocked layout, so that no call
-re-lays it out (~14% faster end to end; the state dict still reads back dense).
+`linear` also takes weights pre-packed in oneDNN's blocked layout (`clipseg.precision.pack_weights`).
 """
 
 from __future__ import annotations
@@ -22,6 +21,11 @@ from torch import nn
 
 # torch's own op behind Inductor's CPU linears: (input, weight, bias, post-op, post-op scalars, algorithm).
 _onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def available() -> bool:
+    """Whether this torch build has oneDNN's linear kernel (every x86 build has)."""
+    return _onednn_linear is not None
 
 
 def _cpu_inference(*tensors: torch.Tensor) -> bool:
@@ -52,7 +56,7 @@ def _tracing() -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, through oneDNN for fp32 CPU inference (same result up to fp32 rounding) and
-    for weights packed by `pack_weights`."""
+    for weights packed by `clipseg.precision.pack_weights`."""
     if weight.is_mkldnn and (x.device.type != "cpu" or x.dtype != weight.dtype):
         raise ValueError(
             f"weights packed for CPU inference take {weight.dtype} CPU inputs, got {x.dtype} on {x.device}"
@@ -60,44 +64,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if weight.is_mkldnn or _takes_onednn(x, weight):
         return _onednn_linear(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
-
-
-def pack_weights(model: nn.Module, rows: int = 512) -> nn.Module:
-    """Store every linear weight of `model` (our `Linear`s and the attention blocks' q/k/v projections) in
-    oneDNN's pre-packed layout, in place, for CPU inference in float32 or bfloat16. Returns `model`.
-
-    The module is then for inference on the CPU only: no gradients, no `.to()` another device or dtype (load it
-    again for that). `state_dict()` and `save_pretrained` still give the ordinary dense weights. `rows` is a
-    hint of the typical number of input rows (tokens); oneDNN's layouts are fast across a wide range of it.
-    Weights that cannot be packed (no oneDNN, another device or dtype) are left as they are.
-
-    Memory: a packed weight is a new tensor. Weights loaded from a safetensors file are views of its memory
-    map, which stays resident while the model lives, so each packed weight adds its size to the process."""
-    from .transformer import Attention  # transformer.py builds on this module
-
-    for module in model.modules():
-        name = "weight" if isinstance(module, Linear) else "in_proj_weight" if isinstance(module, Attention) else None
-        if name is not None and _packable(getattr(module, name)):
-            packed = torch.ops.mkldnn._reorder_linear_weight(getattr(module, name).detach(), rows)
-            setattr(module, name, nn.Parameter(packed, requires_grad=False))
-            module.register_state_dict_post_hook(_dense_state)
-    return model
-
-
-def _packable(weight: torch.Tensor) -> bool:
-    return (
-        _onednn_linear is not None
-        and not weight.is_mkldnn
-        and weight.device.type == "cpu"
-        and weight.dtype in (torch.float32, torch.bfloat16)
-    )
-
-
-def _dense_state(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
-    # state_dict() of a packed model reads as an ordinary one (save_pretrained, ONNX export, other libraries).
-    for key, value in state.items():
-        if key.startswith(prefix) and value.is_mkldnn:
-            state[key] = value.to_dense()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, dropout: float) -> torch.Tensor:

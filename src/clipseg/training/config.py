@@ -20,7 +20,8 @@ from ..typed_config import apply_overrides, build, flatten, plain, read_yaml
 
 RANDOM_CLIP = "random"
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
+# Training's autocast setting (inference number formats: `clipseg.number_formats.Precision`).
+AutocastPrecision = Literal["auto", "fp32", "fp16", "bf16"]
 SourceFormat = Literal["phrasecut", "coco", "folder"]
 SampleOrder = Literal["original", "shuffle", "sequential"]
 SAMPLE_ORDERS: tuple[str, ...] = ("original", "shuffle", "sequential")
@@ -115,7 +116,7 @@ class OptimSettings:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    precision: Precision = "auto"
+    precision: AutocastPrecision = "auto"
     grad_clip_norm: float | None = None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoints.load import build, load_clip, load_model
 from ..model.clipseg import CLIPSeg
 from ..model.config import PRESETS, CLIPSegConfig
 from ..typed_config import merge
@@ -27,8 +28,6 @@ def build_model(settings: ModelSettings, seed: int, image_size: int | None = Non
     if settings.init is not None:
         if settings.architecture:
             raise ValueError("model.architecture cannot be combined with model.init (the checkpoint fixes it)")
-        from ..checkpoints.load import load_model
-
         model = load_model(settings.init)
     else:
         model = _fresh_model(settings, seed)
@@ -48,26 +47,23 @@ def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
         )
     preset = PRESETS[settings.preset].replace(extract_layers=TRAINING_EXTRACT_LAYERS)
     config = _with_architecture(preset, settings.architecture)
-    clip_state, tokenizer = None, None
-    if pretrained_clip:
-        from ..checkpoints.load import load_clip
+    if not pretrained_clip:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = CLIPSeg(config)
+        return model.eval()
+    clip_state, vision, text, tokenizer = load_clip(settings.clip)
+    try:
+        config = dataclasses.replace(config, vision=vision, text=text)
+    except ValueError as error:
+        raise ValueError(f"model.clip {settings.clip}: {error}") from None
 
-        clip_state, vision, text, tokenizer = load_clip(settings.clip)
-        try:
-            config = dataclasses.replace(config, vision=vision, text=text)
-        except ValueError as error:
-            raise ValueError(f"model.clip {settings.clip}: {error}") from None
-    with torch.random.fork_rng(devices=[]):
+    def fresh_decoder() -> CLIPSeg:
         torch.manual_seed(seed)
-        model = CLIPSeg(config, tokenizer)
-    if clip_state is not None:
-        missing, unexpected = model.load_state_dict(clip_state, strict=False)
-        not_decoder = [key for key in missing if not key.startswith("decoder.")]
-        if not_decoder or unexpected:
-            raise ValueError(
-                f"model.clip {settings.clip}: weights do not fit CLIP "
-                f"(missing {not_decoder[:5]}, unexpected {list(unexpected)[:5]})"
-            )
+        return CLIPSeg(config, tokenizer)
+
+    with torch.random.fork_rng(devices=[]):
+        model = build(fresh_decoder, clip_state, f"model.clip {settings.clip}", may_be_missing=("decoder.",))
     return model.eval()
 
 
