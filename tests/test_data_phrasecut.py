@@ -11,7 +11,7 @@ from clipseg.data.phrasecut import PhraseCut, polygons_to_mask
 from clipseg.data.phrasecut_plus import PhraseCutPlus, find_object_crop
 from clipseg.templates import TEMPLATES
 from clipseg.data.synthetic import COLOURS, render_scene, write_phrasecut
-from clipseg.visual_prompt import IMAGENET_MEAN, IMAGENET_STD
+from clipseg.model.config import IMAGENET_MEAN, IMAGENET_STD
 
 N_IMAGES, SEED, SIZE = 40, 3, (96, 128)
 

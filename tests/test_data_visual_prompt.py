@@ -5,10 +5,9 @@ import pytest
 import torch
 from scipy import ndimage
 
+from clipseg.model.config import IMAGENET_MEAN, IMAGENET_STD
 from clipseg.visual_prompt import (
     DEFAULT_VARIANT,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VARIANTS,
     VisualPromptSpec,
     apply_visual_prompt,

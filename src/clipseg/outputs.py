@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from .fileio import atomic_write, write_text
+from .messages import shorten
 
 # Bytes (UTF-8) of one name component: image stem and prompt each; the whole name stays far below 255 bytes.
 MAX_NAME_BYTES = 80
@@ -237,7 +238,7 @@ def draw_legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int,
     result = image.copy()
     draw = ImageDraw.Draw(result)
     pad, swatch = font_size // 2, font_size
-    texts = [name if len(name) <= 40 else name[:39] + "…" for name, _ in entries]
+    texts = [shorten(name, 40) for name, _ in entries]
     width = pad * 3 + swatch + max(draw.textbbox((0, 0), text, font=font)[2] for text in texts)
     height = pad + len(entries) * (swatch + pad)
     draw.rectangle((0, 0, width, height), fill=(255, 255, 255))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .image import ImageInput, load_image, preprocess, resize_mask
+from .messages import shorten
 from .model.interface import SegmentationModel
 from .postprocess import DEFAULT_THRESHOLD
 from .prompts import ImagePrompt, MixedPrompt, Prompt
@@ -346,7 +347,7 @@ class Predictor:
             for text, ids in zip(chunk, tokens.ids, strict=True):
                 if ids[-1] != 0 and len(tokenizer.encode(text)) + 2 > context:
                     warnings.warn(
-                        f"prompt {_shorten(text)!r} is longer than {context} tokens; the rest is ignored", stacklevel=5
+                        f"prompt {shorten(text, 40)!r} is longer than {context} tokens; the rest is ignored", stacklevel=5
                     )
             for text, vector in zip(chunk, self.model.encode_text(tokens.ids), strict=True):
                 self._remember(("text", text), vector)
@@ -404,7 +405,3 @@ def _name(prompt: Prompt) -> str:
     if isinstance(prompt, ImagePrompt):
         return prompt.name
     return prompt.text
-
-
-def _shorten(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

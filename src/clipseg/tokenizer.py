@@ -23,6 +23,7 @@ import regex
 import torch
 
 from .fileio import write_text
+from .messages import shorten
 
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"
@@ -266,7 +267,7 @@ class CLIPTokenizer:
             if len(tokens) > context_length:
                 if not truncate:
                     raise ValueError(
-                        f"prompt {_shorten(text)} is {len(tokens)} tokens long with start/end tokens, over the "
+                        f"prompt {shorten(text, 61)!r} is {len(tokens)} tokens long with start/end tokens, over the "
                         f"context length {context_length}; shorten it or pass truncate=True"
                     )
                 tokens = [*tokens[: context_length - 1], self.eot_token_id]
@@ -311,7 +312,3 @@ def _parse_merge(line: str, path: Path, line_number: int) -> tuple[str, str]:
     if len(parts) != 2:
         raise ValueError(f"{path}, line {line_number}: expected a merge of two symbols, got {line!r}")
     return parts[0], parts[1]
-
-
-def _shorten(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "…")

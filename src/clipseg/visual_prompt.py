@@ -15,20 +15,17 @@ the Table 9 ablation ``"blur_highlight"``. The default, used for training and on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from .model.clip import TokenMaskMode
+from .model.config import IMAGENET_MEAN, IMAGENET_STD
+
 BLUR_KERNEL_SIZE = 15
 # ITU-R 601 luma weights, as used by the original's RGB -> grayscale conversion.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _OUTLINE_THICKNESS = 5
-
-TokenMaskMode = Literal["cls_last", "cls_all", "all_all"]
-
 
 @dataclass(frozen=True)
 class VisualPromptSpec:

@@ -89,27 +89,6 @@ def _warnings_as_lines(console: Console) -> Iterator[None]:
         yield
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> cuda if available, else mps, else cpu; other names are checked against what this machine has."""
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CLIError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:1, mps)", EXIT_USAGE) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available on this machine (use --device cpu)", EXIT_USAGE)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CLIError(f"--device {name}: MPS is not available on this machine (use --device cpu)", EXIT_USAGE)
-    return name
-
-
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
     """'3,7,9' -> (3, 7, 9)."""
     if text is None:
@@ -189,10 +168,14 @@ def load_engine_or_fail(
             raise CLIError(f"{source}: onnxruntime could not load the export: {one_line(error)}") from None
     if is_export:
         raise CLIError(f"{source} is an ONNX export: run it with --backend onnx", EXIT_USAGE)
-    model = load_model_or_fail(
-        source, device=resolve_device(device), clip=clip, extract_layers=extract_layers, console=console
-    )
+    from ..device import resolve_device
     from ..precision import apply_precision
+
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as error:
+        raise CLIError(f"--device {error}", EXIT_USAGE) from None
+    model = load_model_or_fail(source, device=str(torch_device), clip=clip, extract_layers=extract_layers, console=console)
 
     try:
         return apply_precision(model, precision.value)

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clipseg.model.config import IMAGENET_MEAN, IMAGENET_STD
 from clipseg.templates import TemplateSet, resolve_templates
-from clipseg.visual_prompt import DEFAULT_VARIANT, IMAGENET_MEAN, IMAGENET_STD, VARIANTS, prepare_support
+from clipseg.visual_prompt import DEFAULT_VARIANT, VARIANTS, prepare_support
 
 CropBox = tuple[int, int, int, int]
 

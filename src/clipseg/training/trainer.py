@@ -33,16 +33,20 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__
 from ..fileio import write_text
 from ..model.clipseg import CLIPSeg
-from .batch import autocast, conditional_vectors, resolve_device, resolve_precision
+from ..device import resolve_device
+from .autocast import autocast, resolve_precision
 from .checkpoint import (
     CHECKPOINTS_DIR,
     Checkpoint,
+    capture_rng,
     list_checkpoints,
     prune_checkpoints,
     read_checkpoint,
+    restore_rng,
     staged_directory,
     write_checkpoint,
 )
+from .conditionals import conditional_vectors
 from .config import RESUMABLE_OVERRIDES, TrainConfig, changed_keys
 from .data import (
     EpochIndexed,
@@ -116,7 +120,10 @@ class Trainer:
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.config = config
-        self.device = resolve_device(config.run.device, local_rank_from_environment())
+        try:
+            self.device = resolve_device(config.run.device, local_rank=local_rank_from_environment())
+        except ValueError as error:
+            raise ValueError(f"run.device: {error}") from None
         self.distributed = DistributedContext.from_environment(self.device.type)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -319,7 +326,7 @@ class Trainer:
 
     def save_checkpoint(self, loss: float) -> Path | None:
         """Write a checkpoint of the current step (rank 0; every process must call it, RNG states are gathered)."""
-        rng_states = self.distributed.gather(_capture_rng(self.device))
+        rng_states = self.distributed.gather(capture_rng(self.device))
         if not self.distributed.is_main:
             return None
         path = write_checkpoint(
@@ -367,7 +374,7 @@ class Trainer:
         self.last_checkpoint = checkpoint.path
         rng_states = state["rng"]
         if len(rng_states) == self.distributed.world_size:
-            _restore_rng(rng_states[self.distributed.rank], self.device)
+            restore_rng(rng_states[self.distributed.rank], self.device)
         else:
             if self.distributed.is_main:
                 logger.warning(
@@ -450,32 +457,4 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _capture_rng(device: torch.device) -> dict[str, Any]:
-    """This process's RNG states as tensors and primitive containers (loadable with weights_only=True)."""
-    version, internal, gauss_next = random.getstate()
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss_next],
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    elif device.type == "mps":
-        state["mps"] = torch.mps.get_rng_state()
-    return state
-
-
-def _restore_rng(state: Mapping[str, Any], device: torch.device) -> None:
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    elif device.type == "mps" and "mps" in state:
-        torch.mps.set_rng_state(state["mps"])
 

@@ -14,7 +14,8 @@ from ..evaluation.metrics import (
     threshold_statistics,
 )
 from ..model.clipseg import CLIPSeg
-from .batch import autocast, conditional_vectors
+from .autocast import autocast
+from .conditionals import conditional_vectors
 from .distributed import DistributedContext
 
 
