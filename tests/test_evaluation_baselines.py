@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from evaluation_fixtures import single_thread  # noqa: F401 (fixture)
 
 from clipseg.checkpoints.io import write_safetensors
 from clipseg.checkpoints.timm_vit import (
@@ -22,6 +21,8 @@ from clipseg.model.config import CLIPSegConfig, DecoderConfig, TextConfig
 from clipseg.testing import TINY_CONFIG, perturb_
 
 HEADS = 4
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _hf_vit(width: int = 64, layers: int = 3, image_size: int = 48):

@@ -8,7 +8,6 @@ import pickle
 
 import numpy as np
 import pytest
-from evaluation_fixtures import benchmarks  # noqa: F401 (fixture)
 
 from clipseg.data.coco20i import (
     Coco20i,

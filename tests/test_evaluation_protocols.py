@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from evaluation_fixtures import IMAGE_SIZE, benchmarks, single_thread, tiny_model_dir  # noqa: F401 (fixtures)
 
 from clipseg import load_model
 from clipseg.evaluation.config import config_from_dict, load_config
@@ -29,6 +28,9 @@ from clipseg.evaluation.reference import TABLES
 from clipseg.evaluation.runner import run_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 64  # the protocols' input size in these tests
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _config(table: str, protocol: str, dataset: dict, tmp_path: Path, model: Path, **extra):

@@ -1,4 +1,5 @@
-"""Shared fixtures of the evaluation tests: synthetic benchmarks in the official formats and a tiny random model."""
+"""Fixtures shared by several test modules: synthetic benchmarks in the official formats, a tiny saved model and
+one-thread torch."""
 
 from __future__ import annotations
 
@@ -6,9 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-IMAGE_SIZE = 64
-
 
 @pytest.fixture(scope="session")
 def benchmarks(tmp_path_factory) -> Path:
@@ -38,9 +36,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(scope="module")
 def single_thread():
-    """Tiny models run faster on one thread, and the test machine is shared."""
+    """Tiny models run faster on one thread, and the test machine is shared (`pytestmark = usefixtures(...)`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
