@@ -18,11 +18,11 @@ from torch import nn
 import clipseg
 from clipseg.checkpoints.io import CheckpointError
 from clipseg.model.config import VisionConfig
-from clipseg.testing import TINY_CONFIG, random_model, random_transformers_clipseg
+from clipseg.testing import random_model, random_transformers_clipseg, tiny_config
 
 pytest.importorskip("transformers")
 
-LAYERS = TINY_CONFIG.decoder.extract_layers
+LAYERS = tiny_config().decoder.extract_layers
 
 
 # ---- the inverse of transformers' conversion, written independently of our converters -----------------------
@@ -113,7 +113,7 @@ def _module_tree(state: dict) -> nn.Module:
 
 @pytest.fixture(scope="module", params=["simple", "refined"])
 def reference(request):
-    return random_transformers_clipseg(TINY_CONFIG.replace(head=request.param), seed=3)
+    return random_transformers_clipseg(tiny_config(request.param), seed=3)
 
 
 def _reference_logits(reference, pixel_values, ids):
@@ -168,7 +168,7 @@ def test_original_variant_inferred_from_shapes(reference, original_files):
     refined = reference.config.use_complex_transposed_convolution
     assert model.config.decoder.head == ("refined" if refined else "simple")
     assert model.config.decoder.reduce_dim == reference.config.reduce_dim
-    assert model.config.vision == TINY_CONFIG.vision
+    assert model.config.vision == tiny_config().vision
 
 
 def test_original_full_model_file_with_clip_inside(reference, original_files, tmp_path):
@@ -183,8 +183,8 @@ def test_original_full_model_file_with_clip_inside(reference, original_files, tm
 
 def test_original_files_default_to_quickstart_layers(tmp_path):
     """Released decoders default to (3, 6, 9) like the original Quickstart and the hub; (3, 7, 9) on request."""
-    config = TINY_CONFIG.replace(vision=VisionConfig(**{**TINY_CONFIG.vision.__dict__, "layers": 12}),
-                                 extract_layers=(3, 6, 9))
+    tiny = tiny_config()
+    config = tiny.replace(vision=VisionConfig(**{**tiny.vision.__dict__, "layers": 12}), extract_layers=(3, 6, 9))
     reference = random_transformers_clipseg(config, seed=5)
     torch.save(hf_to_original_decoder(reference.state_dict()), tmp_path / "rd.pth")
     torch.save(hf_to_openai_clip(reference.state_dict()), tmp_path / "clip.pt")
@@ -199,7 +199,7 @@ def test_original_files_default_to_quickstart_layers(tmp_path):
 
 
 def test_save_pretrained_round_trips_exactly(tmp_path):
-    model = random_model(TINY_CONFIG.replace(head="refined"), seed=7)
+    model = random_model(tiny_config("refined"), seed=7)
     model.save_pretrained(tmp_path / "ours")
     assert {p.name for p in (tmp_path / "ours").iterdir()} >= {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
     loaded = clipseg.load_model(tmp_path / "ours")

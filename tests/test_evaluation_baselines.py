@@ -18,7 +18,7 @@ from clipseg.checkpoints.vitseg import build_vitseg
 from clipseg.model.baselines import CLIPDeconv, ViTSeg
 from clipseg.model.clip import VisionTransformer
 from clipseg.model.config import CLIPSegConfig, DecoderConfig, TextConfig
-from clipseg.testing import TINY_CONFIG, perturb_
+from clipseg.testing import perturb_, tiny_config
 
 HEADS = 4
 
@@ -115,7 +115,7 @@ def test_clip_deconv_matches_the_original_structure_and_computation():
     assert sorted({k.split(".")[1] for k in trainable}) == ["film_add", "film_mul", "reduce", "reduce2", "trans_conv"]
     assert sum(trainable.values()) == (768 * 64 + 64) + 2 * (512 * 64 + 64) + 2 * (64 * 64 + 64) + (64 * 256 + 1)
     torch.manual_seed(0)
-    model = perturb_(CLIPDeconv(TINY_CONFIG.replace(extract_layers=(2,)), reduce2_dim=8), seed=0).eval()
+    model = perturb_(CLIPDeconv(tiny_config().replace(extract_layers=(2,)), reduce2_dim=8), seed=0).eval()
     pixels, conditional = torch.randn(2, 3, 64, 96), torch.randn(2, 32)
     with torch.no_grad():
         logits = model(pixels, conditional)
@@ -135,7 +135,7 @@ def test_clip_deconv_matches_the_original_structure_and_computation():
     assert logits.shape == (2, 1, 64, 96)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="exactly one CLIP block"):
-        CLIPDeconv(TINY_CONFIG)
+        CLIPDeconv(tiny_config())
 
 
 def _tiny_vitseg_files(tmp_path):
@@ -146,9 +146,9 @@ def _tiny_vitseg_files(tmp_path):
     from clipseg.model.clipseg import CLIPSeg
 
     clip_config = CLIPSegConfig(
-        vision=TINY_CONFIG.vision,
+        vision=tiny_config().vision,
         text=TextConfig(width=128, layers=1, heads=2, mlp_width=64, output_dim=32),
-        decoder=TINY_CONFIG.decoder,
+        decoder=tiny_config().decoder,
     )
     torch.manual_seed(2)
     clip = perturb_(CLIPSeg(clip_config), seed=2).eval()
@@ -183,9 +183,9 @@ def test_vitseg_from_timm_and_clip_files(tmp_path):
 
 def test_baselines_train_only_their_decoder(tmp_path):
     torch.manual_seed(0)
-    deconv = CLIPDeconv(TINY_CONFIG.replace(extract_layers=(3,)), reduce2_dim=8)
+    deconv = CLIPDeconv(tiny_config().replace(extract_layers=(3,)), reduce2_dim=8)
     vision = timm_vision_config(_timm_layout(_hf_vit(layers=4).state_dict()), heads=HEADS, output_dim=32)
-    vitseg = ViTSeg(TINY_CONFIG.replace(vision=vision))
+    vitseg = ViTSeg(tiny_config().replace(vision=vision))
     for model in (deconv, vitseg):
         frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("decoder.")}
         trainable = [p for p in model.parameters() if p.requires_grad]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from clipseg import CLIPSeg
 from clipseg.model.config import PRESETS
-from clipseg.testing import TINY_CONFIG, random_model
+from clipseg.testing import random_model, tiny_config
 
 
 # ---- an explicit float64 computation of the paper's steps, written from the formulas, not from our modules ----
@@ -200,4 +200,4 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="token_ids"):
         model.encode_text(torch.zeros(1, 78, dtype=torch.long))
     with pytest.raises(ValueError, match="strictly increasing"):
-        TINY_CONFIG.replace(extract_layers=(2, 1, 3))
+        tiny_config().replace(extract_layers=(2, 1, 3))

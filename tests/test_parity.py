@@ -7,7 +7,7 @@ import torch
 
 import clipseg
 from clipseg.model.config import PRESETS
-from clipseg.testing import TINY_CONFIG, perturb_, random_transformers_clipseg
+from clipseg.testing import perturb_, random_transformers_clipseg, tiny_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,7 +47,7 @@ def _check(reference, ours, size: int, n_images: int = 2, n_prompts: int = len(P
 @pytest.mark.parametrize("head", ["simple", "refined"])
 @pytest.mark.parametrize("size", [352, 224])
 def test_tiny_config_matches_transformers(tmp_path, head, size):
-    reference, ours = _reference_and_ours(TINY_CONFIG.replace(head=head), tmp_path)
+    reference, ours = _reference_and_ours(tiny_config(head), tmp_path)
     _check(reference, ours, size)
 
 

@@ -19,7 +19,7 @@ from training_fixtures import (
     SimulatedCrash,
     distributed_worker,
     shapes_dataset,
-    tiny_config,
+    tiny_train_config,
 )
 from typer.testing import CliRunner
 
@@ -107,7 +107,7 @@ def test_sampler_batches_do_not_depend_on_process_count_or_start() -> None:
 
 
 def test_clip_runs_without_autograd_and_only_the_decoder_learns(tmp_path: Path) -> None:
-    trainer = Trainer(tiny_config(tmp_path), train_dataset=shapes_dataset())
+    trainer = Trainer(tiny_train_config(tmp_path), train_dataset=shapes_dataset())
     model = trainer.model
     grad_modes: list[bool] = []
     for name in ("extract_features", "encode_text", "encode_image"):
@@ -141,11 +141,11 @@ def _jsonl(path: Path, *, drop: tuple[str, ...] = ()) -> list[dict]:
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
-    uninterrupted = Trainer(tiny_config(tmp_path / "a"), train_dataset=shapes_dataset())
+    uninterrupted = Trainer(tiny_train_config(tmp_path / "a"), train_dataset=shapes_dataset())
     uninterrupted.train()
 
     # Same run, killed while reading the batch of step 5 (after the checkpoint of step 3).
-    crashing = Trainer(tiny_config(tmp_path / "b"), train_dataset=CrashingDataset(shapes_dataset(), 4 * 4 + 2))
+    crashing = Trainer(tiny_train_config(tmp_path / "b"), train_dataset=CrashingDataset(shapes_dataset(), 4 * 4 + 2))
     with pytest.raises(SimulatedCrash):
         crashing.train()
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "checkpoints")] == ["step-00000003"]
@@ -171,12 +171,12 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot change optim.lr"):
         Trainer.resume(tmp_path / "b", overrides=["optim.lr=0.1"], train_dataset=shapes_dataset())
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
-        Trainer(tiny_config(tmp_path / "b"), train_dataset=shapes_dataset())
+        Trainer(tiny_train_config(tmp_path / "b"), train_dataset=shapes_dataset())
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path: Path) -> None:
     dataset = PoisonedDataset(shapes_dataset())
-    config = tiny_config(tmp_path, run={"checkpoint_every": 2, "log_every": 1})
+    config = tiny_train_config(tmp_path, run={"checkpoint_every": 2, "log_every": 1})
     trainer = Trainer(config, train_dataset=dataset)
     trainer._batches = _poison_after(trainer._batches, dataset, good_steps=3)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 4.*step-00000002.*--resume"):
@@ -199,7 +199,7 @@ def _poison_after(make_batches, dataset: PoisonedDataset, good_steps: int):
 
 
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
-    single = Trainer(tiny_config(tmp_path / "single", model={"dropout": 0.0}), train_dataset=shapes_dataset())
+    single = Trainer(tiny_train_config(tmp_path / "single", model={"dropout": 0.0}), train_dataset=shapes_dataset())
     single.train()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -217,7 +217,7 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
 
 
 def test_exported_model_loads_and_validation_is_logged(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, optim={"max_iterations": 2}, run={"val_every": 1, "val_batch_size": 8})
+    config = tiny_train_config(tmp_path, optim={"max_iterations": 2}, run={"val_every": 1, "val_batch_size": 8})
     validation_data = shapes_dataset(6, seed=1, with_visual=False)
     result = Trainer(config, train_dataset=shapes_dataset(), val_dataset=validation_data).train()
     assert result.model_dir == tmp_path / "model"
@@ -240,7 +240,7 @@ def test_cli_trains_on_phrasecut_format_data_and_resumes(tmp_path: Path) -> None
     from clipseg.training.cli import train
 
     root = write_phrasecut(tmp_path / "data", 6, size=(32, 40))
-    config = tiny_config(tmp_path / "run", data={"root": str(root), "val": "val"}, optim={"max_iterations": 2})
+    config = tiny_train_config(tmp_path / "run", data={"root": str(root), "val": "val"}, optim={"max_iterations": 2})
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(config.to_yaml())
     app = typer.Typer()
@@ -281,11 +281,11 @@ def test_datasets_are_built_from_every_data_format(tmp_path: Path, data_format: 
 def test_models_start_from_pretrained_clip_or_a_clipseg_checkpoint(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from clipseg.testing import TINY_CONFIG, random_model
+    from clipseg.testing import random_model, tiny_config
     from clipseg.training.config import ModelSettings
     from clipseg.training.model import build_model
 
-    clip_model = random_model(TINY_CONFIG, seed=1)
+    clip_model = random_model(tiny_config(), seed=1)
     # OpenAI's layout: visual.* as ours, the text tower's keys at the top level.
     openai_state = {k.removeprefix("text."): v for k, v in clip_model.state_dict().items() if not k.startswith("decoder.")}
     clip_file = tmp_path / "clip.safetensors"
@@ -293,7 +293,7 @@ def test_models_start_from_pretrained_clip_or_a_clipseg_checkpoint(tmp_path: Pat
     decoder = {"decoder": {"reduce_dim": 16, "heads": 4, "mlp_width": 64, "extract_layers": [1, 3]}}
     settings = ModelSettings(clip=str(clip_file), architecture=decoder)
     model = build_model(settings, seed=0)
-    assert model.config.vision == TINY_CONFIG.vision and model.config.decoder.extract_layers == (1, 3)
+    assert model.config.vision == tiny_config().vision and model.config.decoder.extract_layers == (1, 3)
     for name, value in clip_model.state_dict().items():
         if not name.startswith("decoder."):
             assert torch.equal(model.state_dict()[name], value), name
@@ -305,7 +305,7 @@ def test_models_start_from_pretrained_clip_or_a_clipseg_checkpoint(tmp_path: Pat
 
     # Fine-tuning: start from a whole saved model, decoder included.
     clip_model.save_pretrained(tmp_path / "pretrained")
-    config = tiny_config(tmp_path / "finetune", model={"init": str(tmp_path / "pretrained"), "architecture": {}},
+    config = tiny_train_config(tmp_path / "finetune", model={"init": str(tmp_path / "pretrained"), "architecture": {}},
                          data={"image_size": 64}, optim={"max_iterations": 2, "batch_size": 2})
     dataset = PhraseCutPlus(ShapesSource(4, size=64), image_size=64)
     trainer = Trainer(config, train_dataset=dataset)
@@ -316,7 +316,7 @@ def test_models_start_from_pretrained_clip_or_a_clipseg_checkpoint(tmp_path: Pat
         build_model(ModelSettings(init=str(tmp_path / "pretrained"), architecture=decoder), seed=0)
 
     # Resuming on other frozen weights is refused.
-    other = random_model(TINY_CONFIG, seed=2)
+    other = random_model(tiny_config(), seed=2)
     other.decoder.load_state_dict(clip_model.decoder.state_dict())
     other.save_pretrained(tmp_path / "pretrained")
     with pytest.raises(ValueError, match="frozen CLIP weights differ"):
@@ -324,17 +324,17 @@ def test_models_start_from_pretrained_clip_or_a_clipseg_checkpoint(tmp_path: Pat
 
 
 def test_precision_settings_and_optional_outputs(tmp_path: Path) -> None:
-    bf16 = tiny_config(tmp_path / "bf16", optim={"max_iterations": 2, "precision": "bf16"}, run={"progress": True})
+    bf16 = tiny_train_config(tmp_path / "bf16", optim={"max_iterations": 2, "precision": "bf16"}, run={"progress": True})
     result = Trainer(bf16, train_dataset=shapes_dataset()).train()  # bf16 autocast on the CPU, with a progress bar
     assert np.isfinite(result.loss) and result.loss > 0
     exported = clipseg.load_model(result.model_dir)  # bf16 autocast trains fp32 weights, which export as fp32
     assert all(p.dtype == torch.float32 for p in exported.decoder.parameters())
     with pytest.raises(ValueError, match="fp16 needs a GPU; use bf16"):
-        Trainer(tiny_config(tmp_path / "fp16", optim={"precision": "fp16"}), train_dataset=shapes_dataset())
+        Trainer(tiny_train_config(tmp_path / "fp16", optim={"precision": "fp16"}), train_dataset=shapes_dataset())
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        board = tiny_config(tmp_path / "board", run={"tensorboard": True})
+        board = tiny_train_config(tmp_path / "board", run={"tensorboard": True})
         with pytest.raises(RuntimeError, match="pip install tensorboard"):
             Trainer(board, train_dataset=shapes_dataset()).train()
 

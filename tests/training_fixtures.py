@@ -25,7 +25,7 @@ TINY_ARCHITECTURE: dict[str, Any] = {
 }
 
 
-def tiny_config(output_dir: Path, **sections: dict[str, Any]) -> TrainConfig:
+def tiny_train_config(output_dir: Path, **sections: dict[str, Any]) -> TrainConfig:
     """A fast CPU training config on the tiny random CLIP; `sections` update the model/optim/run/data sections."""
     data: dict[str, Any] = {
         "name": "tiny",
@@ -124,7 +124,7 @@ def distributed_worker(rank: int, world_size: int, port: int, output_dir: str, r
     from clipseg.training.trainer import Trainer
 
     try:
-        config = tiny_config(Path(output_dir), model={"dropout": 0.0})
+        config = tiny_train_config(Path(output_dir), model={"dropout": 0.0})
         trainer = Trainer(config, train_dataset=shapes_dataset())
         trainer.train()
         if rank == 0:

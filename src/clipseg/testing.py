@@ -9,6 +9,7 @@ every weight matrix He-scaled with zero biases, for tests that want large, clear
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -16,12 +17,18 @@ from torch import nn
 from .model.clipseg import CLIPSeg
 from .model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
 
-TINY_CONFIG = CLIPSegConfig(
-    # Head width 64 as in every OpenAI CLIP, whose state dicts do not record the number of heads.
-    vision=VisionConfig(width=128, layers=4, heads=2, mlp_width=256, patch_size=16, image_size=64, output_dim=32),
-    text=TextConfig(width=64, layers=2, heads=1, mlp_width=128, output_dim=32),
-    decoder=DecoderConfig(reduce_dim=16, heads=4, mlp_width=64, extract_layers=(1, 2, 3)),
-)
+
+
+def tiny_config(head: Literal["simple", "refined"] = "simple", *, image_size: int = 64) -> CLIPSegConfig:
+    """CLIPSeg's architecture small enough for CPU tests: 16-pixel patches, four vision blocks, OpenAI's vocabulary.
+    Head width 64 as in every OpenAI CLIP, whose state dicts do not record the number of heads."""
+    return CLIPSegConfig(
+        vision=VisionConfig(
+            width=128, layers=4, heads=2, mlp_width=256, patch_size=16, image_size=image_size, output_dim=32
+        ),
+        text=TextConfig(width=64, layers=2, heads=1, mlp_width=128, output_dim=32),
+        decoder=DecoderConfig(reduce_dim=16, heads=4, mlp_width=64, extract_layers=(1, 2, 3), head=head),
+    )
 
 _TRANSPOSED_CONVOLUTIONS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -60,18 +67,19 @@ def he_init_(module: nn.Module, *, seed: int | torch.Generator) -> nn.Module:
     return module
 
 
-def random_model(config: CLIPSegConfig = TINY_CONFIG, *, seed: int = 0) -> CLIPSeg:
-    """Our CLIPSeg with random, well-conditioned weights, in eval mode."""
+def random_model(config: CLIPSegConfig | None = None, *, seed: int = 0) -> CLIPSeg:
+    """Our CLIPSeg (default: `tiny_config()`) with random, well-conditioned weights, in eval mode."""
     torch.manual_seed(seed)
-    return perturb_(CLIPSeg(config), seed=seed).eval()
+    return perturb_(CLIPSeg(config or tiny_config()), seed=seed).eval()
 
 
-def random_transformers_clipseg(config: CLIPSegConfig = TINY_CONFIG, *, seed: int = 0):
+def random_transformers_clipseg(config: CLIPSegConfig | None = None, *, seed: int = 0):
     """transformers' `CLIPSegForImageSegmentation` (the independent oracle) of the same architecture, with random
     well-conditioned weights. Needs the `transformers` package (a test dependency)."""
     from transformers import CLIPSegConfig as HFConfig
     from transformers import CLIPSegForImageSegmentation
 
+    config = config or tiny_config()
     vision, text, decoder = config.vision, config.text, config.decoder
     hf_config = HFConfig(
         vision_config=dict(
