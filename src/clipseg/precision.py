@@ -5,7 +5,7 @@
 
 bf16/fp16 convert every parameter (`model.to(dtype)`, the same as `load_model(..., dtype=...)`); activations
 follow the weights and the predictor hands back float32 logits. On the CPU, fp32 and bf16 linear weights are also
-pre-packed in oneDNN's layout (`pack_weights`, 7-14% faster): the model is then for CPU
+pre-packed in oneDNN's layout (`pack_weights`, so that no call re-lays them out): the model is then for CPU
 inference only (its state dict and `save_pretrained` stay as before). A model converted to the precision has all
 its linears packed; one already at it (e.g. fp32 as loaded) only the hot path, the backbone blocks the decoder
 reads and the decoder, because packed copies of weights loaded from a memory-mapped file cost memory and the
@@ -64,7 +64,8 @@ def pack_weights(model: nn.Module, rows: int = 512) -> nn.Module:
     Memory: a packed weight is a new tensor. Weights loaded from a safetensors file are views of its memory
     map, which stays resident while the model lives, so each packed weight adds its size to the process."""
     for module in model.modules():
-        name = "weight" if isinstance(module, onednn.Linear) else "in_proj_weight" if isinstance(module, Attention) else None
+        linear = isinstance(module, onednn.Linear)
+        name = "weight" if linear else "in_proj_weight" if isinstance(module, Attention) else None
         if name is not None and _packable(getattr(module, name)):
             packed = torch.ops.mkldnn._reorder_linear_weight(getattr(module, name).detach(), rows)
             setattr(module, name, nn.Parameter(packed, requires_grad=False))

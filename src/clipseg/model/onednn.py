@@ -1,16 +1,14 @@
-"""CPU inference through oneDNN: linear layers, pre-packed weights and attention.
+"""CPU inference kernels through oneDNN: linear layers and attention (figures: benchmarks/README.md).
 
 torch's fp32 `F.linear` calls MKL's sgemm, which takes its AVX2 code path on AMD CPUs and leaves AVX-512
-unused; oneDNN (bundled with every x86 build of torch) picks its kernels by instruction set. Measured on an AMD
-EPYC Zen 5 (2 cores), on the backbone's shapes: ~450 GFLOP/s against MKL's ~200, full fp32 accuracy. `linear`
-and `Linear` take oneDNN for fp32 CPU inference; everything else takes `F.linear`: autograd, other devices and
-dtypes, graph capture (ONNX, torch.compile), torch without oneDNN, `torch.backends.mkldnn.flags(enabled=False)`.
+unused; oneDNN (bundled with every x86 build of torch) picks its kernels by instruction set. `linear` and
+`Linear` take oneDNN for fp32 CPU inference, and for weights pre-packed in oneDNN's layout
+(`clipseg.precision.pack_weights`); everything else takes `F.linear`: autograd, other devices and dtypes, graph
+capture (ONNX, torch.compile), torch without oneDNN, `torch.backends.mkldnn.flags(enabled=False)`.
 
 `attention` does the same for the backbone's attention, where torch's fused CPU kernel runs its fp32 products
-through the BLAS and has no fast bf16 path: per-head oneDNN products in fp32 (2.5 against 3.9 ms per block),
-batched products in bf16 (which torch sends to oneDNN itself).
-
-`linear` also takes weights pre-packed in oneDNN's blocked layout (`clipseg.precision.pack_weights`).
+through the BLAS and has no fast bf16 path: per-head oneDNN products in fp32, batched products in bf16 (which
+torch sends to oneDNN itself).
 """
 
 from __future__ import annotations
