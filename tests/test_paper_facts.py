@@ -18,7 +18,7 @@ from clipseg.evaluation.metrics import THRESHOLDS, BinaryScores, threshold_stati
 from clipseg.image import preprocess
 from clipseg.model.config import CLIPSegConfig
 from clipseg.model.transformer import QuickGELU
-from clipseg.testing import TINY_CONFIG, random_model
+from clipseg.testing import random_model, tiny_config
 from clipseg.training.config import TrainConfig
 from clipseg.training.trainer import Trainer
 from clipseg.visual_prompt import prepare_support
@@ -46,7 +46,7 @@ def test_default_normalisation_is_imagenet():
     config = CLIPSegConfig()
     assert tuple(config.image_mean) == pytest.approx(IMAGENET_MEAN, abs=0)
     assert tuple(config.image_std) == pytest.approx(IMAGENET_STD, abs=0)
-    assert tuple(TINY_CONFIG.image_mean) == pytest.approx(IMAGENET_MEAN, abs=0)
+    assert tuple(tiny_config().image_mean) == pytest.approx(IMAGENET_MEAN, abs=0)
 
 
 def test_predictor_feeds_hand_normalised_pixels_to_the_backbone():
@@ -78,7 +78,7 @@ def test_transformers_checkpoint_uses_its_preprocessor_config(tmp_path: Path):
     from clipseg.testing import random_transformers_clipseg
 
     directory = tmp_path / "hub-layout"
-    random_transformers_clipseg(TINY_CONFIG, seed=2).save_pretrained(directory)
+    random_transformers_clipseg(tiny_config(), seed=2).save_pretrained(directory)
     assert not (directory / "preprocessor_config.json").exists()
     assert tuple(load_model(directory).config.image_mean) == pytest.approx(IMAGENET_MEAN, abs=0)
     processor = {
@@ -138,9 +138,9 @@ def _cosine(step: int, total: int, lr: float, lr_min: float) -> float:
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
 def test_cosine_schedule_runs_from_lr_to_lr_min(tmp_path: Path):
-    from training_fixtures import shapes_dataset, tiny_config
+    from training_fixtures import shapes_dataset, tiny_train_config
 
-    config = tiny_config(tmp_path, optim={"max_iterations": 8, "lr": 0.01, "lr_min": 0.002, "batch_size": 4})
+    config = tiny_train_config(tmp_path, optim={"max_iterations": 8, "lr": 0.01, "lr_min": 0.002, "batch_size": 4})
     trainer = Trainer(config, train_dataset=shapes_dataset())
     # The training set's negatives come from the training config, not the dataset's own default.
     assert trainer.train_dataset.negative_prob == config.data.negative_prob
@@ -204,7 +204,11 @@ def _masked_image_embedding(state, config, image, mask, mask_layer, mask_type):
 
 @pytest.mark.parametrize(
     "mode, mask_layer, mask_type",
-    [("cls_last", TINY_CONFIG.vision.layers - 1, "cls_token"), ("cls_all", "all", "cls_token"), ("all_all", "all", "all")],
+    [
+        ("cls_last", tiny_config().vision.layers - 1, "cls_token"),
+        ("cls_all", "all", "cls_token"),
+        ("all_all", "all", "all"),
+    ],
 )
 def test_token_mask_modes_match_the_original_computation(mode, mask_layer, mask_type):
     model = random_model(seed=7).double()
@@ -214,10 +218,10 @@ def test_token_mask_modes_match_the_original_computation(mode, mask_layer, mask_
     mask[8:40, 20:60] = 1
     with torch.no_grad():
         ours = model.encode_image(image[None], token_mask=mask[None], token_mask_mode=mode)[0]
-    expected = _masked_image_embedding(state, TINY_CONFIG, image, mask, mask_layer, mask_type)
+    expected = _masked_image_embedding(state, tiny_config(), image, mask, mask_layer, mask_type)
     torch.testing.assert_close(ours, expected, atol=1e-9, rtol=1e-9)
     # and the modes are distinct computations: masking only the first block is not `cls_last`
-    first_block = _masked_image_embedding(state, TINY_CONFIG, image, mask, 0, "cls_token")
+    first_block = _masked_image_embedding(state, tiny_config(), image, mask, 0, "cls_token")
     assert (ours - first_block).abs().max() > 1e-6
 
 

@@ -347,7 +347,8 @@ class Predictor:
             for text, ids in zip(chunk, tokens.ids, strict=True):
                 if ids[-1] != 0 and len(tokenizer.encode(text)) + 2 > context:
                     warnings.warn(
-                        f"prompt {shorten(text, 40)!r} is longer than {context} tokens; the rest is ignored", stacklevel=5
+                        f"prompt {shorten(text, 40)!r} is longer than {context} tokens; the rest is ignored",
+                        stacklevel=5,
                     )
             for text, vector in zip(chunk, self.model.encode_text(tokens.ids), strict=True):
                 self._remember(("text", text), vector)

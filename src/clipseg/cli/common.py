@@ -175,7 +175,9 @@ def load_engine_or_fail(
         torch_device = resolve_device(device)
     except ValueError as error:
         raise CLIError(f"--device {error}", EXIT_USAGE) from None
-    model = load_model_or_fail(source, device=str(torch_device), clip=clip, extract_layers=extract_layers, console=console)
+    model = load_model_or_fail(
+        source, device=str(torch_device), clip=clip, extract_layers=extract_layers, console=console
+    )
 
     try:
         return apply_precision(model, precision.value)
