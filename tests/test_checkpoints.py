@@ -342,3 +342,26 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path):
     message = result.stdout.strip()
     assert "CIDAS/clipseg-rd64-refined" in message and "local directory" in message
     assert len(message.splitlines()) == 1
+
+
+def test_build_leaves_only_the_named_prefixes_fresh():
+    from clipseg.checkpoints.load import build
+
+    source = random_model(seed=0)
+    clip_only = {k: v for k, v in source.state_dict().items() if not k.startswith("decoder.")}
+
+    def fresh() -> clipseg.CLIPSeg:
+        torch.manual_seed(1)
+        return clipseg.CLIPSeg(tiny_config())
+
+    model = build(fresh, clip_only, "clip.safetensors", may_be_missing=("decoder.",))
+    for key, value in model.state_dict().items():
+        expected = fresh().state_dict()[key] if key.startswith("decoder.") else clip_only[key]
+        assert torch.equal(value, expected), key
+    with pytest.raises(CheckpointError, match=r"clip.safetensors: missing keys decoder\."):
+        build(fresh, clip_only, "clip.safetensors")
+    without_text = {k: v for k, v in clip_only.items() if not k.startswith("text.")}
+    with pytest.raises(CheckpointError, match=r"missing keys text\."):
+        build(fresh, without_text, "clip.safetensors", may_be_missing=("decoder.",))
+    with pytest.raises(CheckpointError, match="unexpected keys extra"):
+        build(fresh, {**clip_only, "extra": torch.zeros(1)}, "clip.safetensors", may_be_missing=("decoder.",))

@@ -234,8 +234,10 @@ def build(
 ) -> CLIPSeg:
     """`make_model()` holding the tensors of `state`, the key sets checked exactly: every key the model has must be
     in `state` except those starting with a prefix in `may_be_missing`, which keep their fresh initialisation.
-    Without such prefixes the model is instantiated without random init (meta device)."""
-    with torch.device("meta") if not may_be_missing else contextlib.nullcontext():
+    Without such prefixes the model is built without random init (meta device) and takes the tensors themselves;
+    with them, it is initialised and the tensors are copied in."""
+    on_meta = not may_be_missing
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
         model = make_model()
     expected = set(model.state_dict())
     missing = {key for key in expected - set(state) if not key.startswith(may_be_missing)}
@@ -245,7 +247,7 @@ def build(
         raise CheckpointError(f"{source}: " + "; ".join(p for p in parts if p))
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
-        model.load_state_dict(tensors, strict=not may_be_missing, assign=True)
+        model.load_state_dict(tensors, strict=on_meta, assign=on_meta)
     except RuntimeError as error:
         mismatches = re.findall(r"size mismatch for ([\w.]+)", str(error))
         raise CheckpointError(f"{source}: tensor shapes do not fit the architecture: {_preview(mismatches)}") from None
