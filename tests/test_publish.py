@@ -15,7 +15,7 @@ from clipseg.checkpoints.convert import ConversionError, hf_clipseg_to_ours
 from clipseg.checkpoints.publish import ours_to_hf_clipseg, ours_to_original, save_model
 from clipseg.model.clipseg import CLIPSeg
 from clipseg.model.config import CLIPSegConfig
-from clipseg.testing import TINY_CONFIG, perturb_, random_model, random_transformers_clipseg
+from clipseg.testing import perturb_, random_model, random_transformers_clipseg, tiny_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -33,7 +33,7 @@ def _logits_both(ours: CLIPSeg, theirs, size: int):
 
 @pytest.mark.parametrize("head", ["simple", "refined"])
 def test_transformers_layout_loads_in_transformers_with_the_same_logits(tmp_path, head):
-    model = random_model(TINY_CONFIG.replace(head=head, image_size=96), seed=11)
+    model = random_model(tiny_config(head).replace(image_size=96), seed=11)
     model.save_pretrained(tmp_path / "hf", layout="transformers")
     theirs = transformers.CLIPSegForImageSegmentation.from_pretrained(tmp_path / "hf").eval()
     got, expected = _logits_both(model, theirs, 96)
@@ -47,7 +47,7 @@ def test_transformers_layout_loads_in_transformers_with_the_same_logits(tmp_path
 
 
 def test_round_trips_through_every_layout_are_lossless(tmp_path):
-    model = random_model(TINY_CONFIG.replace(head="refined", image_size=80, extract_layers=(1, 3)), seed=12)
+    model = random_model(tiny_config("refined").replace(image_size=80, extract_layers=(1, 3)), seed=12)
     state = model.state_dict()
     save_model(model, tmp_path / "hf", "transformers")
     back = clipseg.load_model(tmp_path / "hf")
@@ -69,7 +69,7 @@ def test_round_trips_through_every_layout_are_lossless(tmp_path):
 def test_key_mapping_is_the_exact_inverse_of_transformers_layout():
     """Independent check: a transformers model's own state dict -> ours (the reader) -> transformers (the writer)."""
     for head in ("simple", "refined"):
-        reference = random_transformers_clipseg(TINY_CONFIG.replace(head=head), seed=4)
+        reference = random_transformers_clipseg(tiny_config(head), seed=4)
         state = reference.state_dict()
         ours, unused = hf_clipseg_to_ours(state)
         assert not unused
@@ -119,7 +119,7 @@ def test_layouts_that_cannot_express_the_model_are_refused_before_writing(tmp_pa
         tiny.save_pretrained(tmp_path / "c", layout="onnx")
     from clipseg.model.baselines import CLIPDeconv
 
-    deconv = CLIPDeconv(TINY_CONFIG.replace(extract_layers=(3,)))
+    deconv = CLIPDeconv(tiny_config().replace(extract_layers=(3,)))
     with pytest.raises(ConversionError, match="a CLIPDeconv model cannot be written in the transformers layout"):
         save_model(deconv, tmp_path / "d", "transformers")
     assert not any((tmp_path / name).exists() for name in "bcd")
