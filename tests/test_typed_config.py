@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from training_fixtures import shapes_dataset, tiny_config
+from training_fixtures import shapes_dataset, tiny_train_config
 
 from clipseg.evaluation.config import config_from_dict
 from clipseg.evaluation.config import load_config as load_eval_config
@@ -189,7 +189,7 @@ def test_evaluation_values_are_converted_and_paths_expanded():
 def test_the_run_folder_gets_the_resolved_config(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    full = tiny_config(tmp_path / "run", optim={"max_iterations": 1})
+    full = tiny_train_config(tmp_path / "run", optim={"max_iterations": 1})
     _write(tmp_path, "configs/tiny.yaml", full.to_yaml())
     delta = _write(tmp_path, "configs/tiny-lr.yaml", "base: tiny.yaml\nname: tiny-lr\noptim: {lr: 0.002}\n")
     try:
