@@ -13,7 +13,7 @@ from clipseg.model.baselines import CLIPDeconv, ViTSeg
 from clipseg.model.config import CLIPSegConfig
 from clipseg.model.interface import SegmentationModel, check_pairing
 from clipseg.predictor import Predictor
-from clipseg.testing import TINY_CONFIG, random_model
+from clipseg.testing import random_model, tiny_config
 
 # Written out, not read from the protocol: what Predictor and the evaluation call.
 METHODS = ("eval", "extract_features", "encode_text", "encode_image", "decode")
@@ -38,8 +38,8 @@ def assert_satisfies(model: object) -> None:
     "build",
     [
         lambda: random_model(),
-        lambda: CLIPDeconv(TINY_CONFIG.replace(extract_layers=(2,)), reduce2_dim=8),
-        lambda: ViTSeg(TINY_CONFIG),
+        lambda: CLIPDeconv(tiny_config().replace(extract_layers=(2,)), reduce2_dim=8),
+        lambda: ViTSeg(tiny_config()),
     ],
     ids=["CLIPSeg", "CLIPDeconv", "ViTSeg"],
 )
@@ -58,7 +58,7 @@ def test_onnx_model_satisfies_the_protocol(tmp_path):
 
 def test_a_class_missing_a_member_does_not_satisfy_it():
     class TextOnly:
-        config = TINY_CONFIG
+        config = tiny_config()
         tokenizer = device = dtype = None
 
         def encode_text(self, token_ids):

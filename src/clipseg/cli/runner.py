@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ..messages import shorten
 from .common import (
     EXIT_FAILURES,
     EXIT_INTERRUPTED,
@@ -132,7 +133,7 @@ def run_jobs(
             task = progress.add_task("segmenting", total=len(todo))
             for start in range(0, len(todo), settings.batch_size):
                 batch = todo[start : start + settings.batch_size]
-                progress.update(task, description=_short(batch[0].source.name))
+                progress.update(task, description=shorten(batch[0].source.name, 30))
                 _run_batch(
                     batch, predictor, prompts, negatives, predict_options, write, summary, console, settings.debug
                 )
@@ -223,7 +224,3 @@ def _print_summary(summary: Summary, output: Path, command: str) -> None:
         if len(summary.failures) > MAX_LISTED_FAILURES:
             failed.add_row(f"… and {len(summary.failures) - MAX_LISTED_FAILURES} more", "")
         console.print(failed)
-
-
-def _short(name: str, limit: int = 30) -> str:
-    return name if len(name) <= limit else name[: limit - 1] + "…"
