@@ -12,7 +12,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 ABOVE_THE_MODEL = ("checkpoints", "data", "training", "evaluation", "cli", "serve", "export", "predictor")
 MODEL_MAY_IMPORT = {"clipseg.checkpoints.io"}  # the safe file I/O `save_pretrained` writes with
 # Known exceptions, each to be removed: `CLIPSeg.save_pretrained(layout=...)` (issue 14) calls the layout writers.
-KNOWN_LAZY_IMPORTS = {("clipseg.model.clipseg", "clipseg.checkpoints.publish")}
+KNOWN_LAZY_IMPORTS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

@@ -115,8 +115,10 @@ def test_layouts_that_cannot_express_the_model_are_refused_before_writing(tmp_pa
     other_heads = CLIPSeg(CLIPSegConfig().replace(heads=2))
     with pytest.raises(ConversionError, match="4 decoder heads"):
         save_model(other_heads, tmp_path / "b", "original")
-    with pytest.raises(ConversionError, match="unknown layout 'onnx'"):
+    with pytest.raises(ValueError, match="unknown layout 'onnx'; expected one of clipseg, transformers, original"):
         tiny.save_pretrained(tmp_path / "c", layout="onnx")
+    with pytest.raises(ConversionError, match="unknown layout 'onnx'"):
+        save_model(tiny, tmp_path / "c", "onnx")
     from clipseg.model.baselines import CLIPDeconv
 
     deconv = CLIPDeconv(tiny_config().replace(extract_layers=(3,)))

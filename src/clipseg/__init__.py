@@ -45,5 +45,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
+        if name == "CLIPSeg":
+            import_module("clipseg.checkpoints")  # registers the layouts `CLIPSeg.save_pretrained` can write
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'clipseg' has no attribute {name!r}")

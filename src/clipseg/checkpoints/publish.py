@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..fileio import atomic_path, write_text
-from ..model.clipseg import CLIPSeg
+from ..model.clipseg import LAYOUT_WRITERS, CLIPSeg
 from ..model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
 from .convert import ConversionError, StateDict
 from .io import write_safetensors
@@ -200,3 +200,7 @@ def save_model(model: CLIPSeg, directory: str | Path, layout: str = "clipseg") -
     }
     write_text(directory / "clipseg_args.json", json.dumps(arguments, indent=2))
     return directory
+
+
+LAYOUT_WRITERS.update({layout: lambda model, directory, layout=layout: save_model(model, directory, layout)
+                       for layout in LAYOUTS if layout != "clipseg"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from ..tokenizer import CLIPTokenizer
 
 CONFIG_FORMAT = "clipseg"
+# Writers of other checkpoint layouts ("transformers", "original"). The converters live at the edge, beside the
+# readers, and register here (clipseg.checkpoints.publish, imported with clipseg): model/ converts no layouts.
+LAYOUT_WRITERS: dict[str, Callable[[CLIPSeg, str | os.PathLike], Path]] = {}
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -130,10 +134,10 @@ class CLIPSeg(nn.Module):
         from_pretrained`, transformers.js, the hub), "original" the original repository's decoder file: see
         `clipseg.checkpoints.publish.save_model`."""
         if layout != "clipseg":
-            # The converters to other layouts live at the edge, beside the readers (clipseg.checkpoints).
-            from ..checkpoints.publish import save_model
-
-            return save_model(self, directory, layout)
+            if layout not in LAYOUT_WRITERS:
+                known = ", ".join(["clipseg", *LAYOUT_WRITERS]) if LAYOUT_WRITERS else "clipseg (import clipseg first)"
+                raise ValueError(f"unknown layout {layout!r}; expected one of {known}")
+            return LAYOUT_WRITERS[layout](self, directory)
         from ..checkpoints.io import write_safetensors
         from ..fileio import write_text
 
