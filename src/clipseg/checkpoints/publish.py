@@ -43,6 +43,17 @@ def _split_qkv(tensor: torch.Tensor, prefix: str, kind: str) -> StateDict:
     return {f"{prefix}.q_proj.{kind}": q, f"{prefix}.k_proj.{kind}": k, f"{prefix}.v_proj.{kind}": v}
 
 
+def _block(rest: str, tensor: torch.Tensor, layers: str, attention: str, names: Mapping[str, str]) -> StateDict:
+    """One transformer-block parameter ('<index>.<name>.<kind>') -> its transformers key(s): the packed q/k/v
+    projection is split in three, everything else renamed by `names`."""
+    index, inner = rest.split(".", 1)
+    prefix = f"{layers}.{index}"
+    if inner.startswith(f"{attention}in_proj_"):
+        return _split_qkv(tensor, f"{prefix}.self_attn", inner[len(f"{attention}in_proj_"):])
+    name, kind = inner.rsplit(".", 1)
+    return {f"{prefix}.{names[name]}.{kind}": tensor}
+
+
 def ours_to_hf_clipseg(state: Mapping[str, torch.Tensor]) -> StateDict:
     """Our CLIPSeg state dict -> transformers `CLIPSegForImageSegmentation` keys (exact tensors, no rounding)."""
     out: StateDict = {"clip.logit_scale": torch.tensor(_LOGIT_SCALE)}
@@ -54,26 +65,14 @@ def ours_to_hf_clipseg(state: Mapping[str, torch.Tensor]) -> StateDict:
         elif (norm := key.rsplit(".", 1)[0]) in _NORMS:
             out[f"{_NORMS[norm]}.{key.rsplit('.', 1)[1]}"] = tensor
         elif tower in ("visual", "text") and rest.startswith("transformer.resblocks."):
-            index, inner = rest[len("transformer.resblocks."):].split(".", 1)
             model = "vision_model" if tower == "visual" else "text_model"
-            prefix = f"clip.{model}.encoder.layers.{index}"
-            if inner.startswith("attn.in_proj_"):
-                out |= _split_qkv(tensor, f"{prefix}.self_attn", inner[len("attn.in_proj_"):])
-            else:
-                name, kind = inner.rsplit(".", 1)
-                out[f"{prefix}.{_BLOCK[name]}.{kind}"] = tensor
+            out |= _block(rest[len("transformer.resblocks."):], tensor, f"clip.{model}.encoder.layers", "attn.", _BLOCK)
         elif tower == "visual" and rest in _VISION:
             out[f"clip.vision_model.{_VISION[rest]}"] = tensor
         elif tower == "text" and rest in _TEXT:
             out[f"clip.text_model.{_TEXT[rest]}"] = tensor
         elif tower == "decoder" and rest.startswith("blocks."):
-            index, inner = rest[len("blocks."):].split(".", 1)
-            prefix = f"decoder.layers.{index}"
-            if inner.startswith("self_attn.in_proj_"):
-                out |= _split_qkv(tensor, f"{prefix}.self_attn", inner[len("self_attn.in_proj_"):])
-            else:
-                name, kind = inner.rsplit(".", 1)
-                out[f"{prefix}.{_DECODER_BLOCK[name]}.{kind}"] = tensor
+            out |= _block(rest[len("blocks."):], tensor, "decoder.layers", "self_attn.", _DECODER_BLOCK)
         elif tower == "decoder" and rest.startswith("trans_conv"):
             out[f"decoder.transposed_convolution{rest[len('trans_conv'):]}"] = tensor
         elif tower == "decoder" and rest.startswith(("film_mul.", "film_add.", "reduces.")):
