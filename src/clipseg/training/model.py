@@ -37,16 +37,22 @@ def build_model(settings: ModelSettings, seed: int, image_size: int | None = Non
     return model
 
 
-def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
+def architecture_config(settings: ModelSettings) -> CLIPSegConfig:
+    """The architecture a fresh model of `settings` gets before CLIP's own sizes are filled in: the preset with
+    the training extract layers (3, 7, 9), then `settings.architecture` on top."""
     if settings.preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {settings.preset!r} (one of {', '.join(PRESETS)})")
+    preset = PRESETS[settings.preset].replace(extract_layers=TRAINING_EXTRACT_LAYERS)
+    return _with_architecture(preset, settings.architecture)
+
+
+def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
     pretrained_clip = settings.clip != RANDOM_CLIP
     if pretrained_clip and {"vision", "text"} & set(settings.architecture):
         raise ValueError(
             "model.architecture: vision/text settings need model.clip: random (CLIP weights fix their architecture)"
         )
-    preset = PRESETS[settings.preset].replace(extract_layers=TRAINING_EXTRACT_LAYERS)
-    config = _with_architecture(preset, settings.architecture)
+    config = architecture_config(settings)
     if not pretrained_clip:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
