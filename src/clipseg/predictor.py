@@ -320,13 +320,23 @@ class Predictor:
 
     @torch.inference_mode()
     def encode_supports(
-        self, pixels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], variant: str | VisualPromptSpec
+        self,
+        pixels: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        variant: str | VisualPromptSpec,
+        *,
+        allow_empty: bool = False,
     ) -> torch.Tensor:
         """Conditional vectors (N, D) of N support images: normalised pixels (3, S, S) at `image_size` and their
-        object masks (S, S), prepared by visual prompt engineering `variant` (`clipseg.visual_prompt`)."""
+        object masks (S, S), prepared by visual prompt engineering `variant` (`clipseg.visual_prompt`).
+        `allow_empty` accepts masks without object pixels (the whole image is background, as the released
+        evaluation did when a support's object vanished in the resize)."""
         config = self.model.config
         supports = [
-            prepare_support(image, mask, variant, self.image_size, mean=config.image_mean, std=config.image_std)
+            prepare_support(
+                image, mask, variant, self.image_size, mean=config.image_mean, std=config.image_std,
+                allow_empty=allow_empty,
+            )
             for image, mask in zip(pixels, masks, strict=True)
         ]
         pixel_values = torch.stack([support.pixel_values for support in supports]).to(self.device)

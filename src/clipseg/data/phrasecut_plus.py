@@ -33,9 +33,9 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from clipseg.data.resizing import normalise, resize_image_aligned, resize_nearest
 from clipseg.model.config import IMAGENET_MEAN, IMAGENET_STD
 from clipseg.templates import TemplateSet, resolve_templates
 from clipseg.visual_prompt import DEFAULT_VARIANT, VARIANTS, prepare_support
@@ -107,17 +107,12 @@ def find_object_crop(
 
 
 def _to_normalised_tensor(image: Image.Image, box: CropBox, size: int) -> torch.Tensor:
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB").crop(box), dtype=np.float32))
-    resized = F.interpolate(pixels.permute(2, 0, 1)[None], (size, size), mode="bilinear", align_corners=True)[0]
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (resized / 255.0 - mean) / std
+    return normalise(resize_image_aligned(image.convert("RGB").crop(box), (size, size)), IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _crop_mask(mask: np.ndarray, box: CropBox, size: int) -> torch.Tensor:
     x0, y0, x1, y1 = box
-    cropped = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.float32))
-    return F.interpolate(cropped[None, None], (size, size), mode="nearest")[0, 0]
+    return resize_nearest(mask[y0:y1, x0:x1].astype(np.float32), (size, size))
 
 
 class PhraseCutPlus(torch.utils.data.Dataset):

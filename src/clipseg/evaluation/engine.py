@@ -36,6 +36,8 @@ class Query:
         image: normalised (3, S, S) model input; `placement` says where the image sits in it.
         target: bool ground truth at the evaluation resolution; `valid` marks the pixels that count (None = all).
         prompt: the text prompt, or None for a visual prompt given by `support` = (image (3, S, S), mask (S, S)).
+        support_as_input: the support image is CLIP's input as it is (no mask, no prompt engineering): the
+            released PhraseCut scorer's all-zero support of a unique phrase.
         caption: a short description for the qualitative grid.
     """
 
@@ -46,6 +48,7 @@ class Query:
     prompt: str | None = None
     support: tuple[torch.Tensor, torch.Tensor] | None = None
     caption: str = ""
+    support_as_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,11 +191,18 @@ def conditionals(segmenter: Segmenter, queries: Sequence[Query], visual_prompt: 
         missing = [k for k in visual if queries[k].support is None]
         if missing:
             raise ValueError("a query has neither a text prompt nor a support image")
-        embeddings = segmenter.support_embeddings(
-            [queries[k].support[0] for k in visual], [queries[k].support[1] for k in visual], visual_prompt
-        )
-        for k, embedding in zip(visual, embeddings):
-            rows[k] = embedding
+        engineered = [k for k in visual if not queries[k].support_as_input]
+        as_input = [k for k in visual if queries[k].support_as_input]
+        if engineered:
+            embeddings = segmenter.support_embeddings(
+                [queries[k].support[0] for k in engineered], [queries[k].support[1] for k in engineered], visual_prompt
+            )
+            for k, embedding in zip(engineered, embeddings):
+                rows[k] = embedding
+        if as_input:
+            embeddings = segmenter.image_embeddings(torch.stack([queries[k].support[0] for k in as_input]))
+            for k, embedding in zip(as_input, embeddings):
+                rows[k] = embedding
     return torch.stack(rows)
 
 

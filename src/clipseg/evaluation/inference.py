@@ -1,14 +1,21 @@
 """Model loading and batched inference for the evaluation protocols.
 
-Two input geometries are used by the benchmarks:
+Inputs are resized as each benchmark's original pipeline did (issue 12, item 7). Two input geometries:
 
 - ``squash``: resize the image to size x size (aspect ratio not kept) and compare with the ground truth resized
-  the same way (nearest neighbour) -- PhraseCut, COCO-20i (HSNet loader), Pascal zero-shot;
-- ``letterbox``: PFENet's test resize used by the paper's Pascal-5i runs: the longer side becomes `size` (never
-  enlarged; sides rounded down to multiples of 8), the image sits in the top-left corner of a black size x size
-  canvas, and the probabilities of that region are resized (bilinear, corners aligned) back to the original
-  resolution, where the metrics are computed. (PFENet resizes the whole canvas to the longer side instead; the
-  two agree up to the rounding to multiples of 8.)
+  the same way -- PhraseCut, COCO-20i (HSNet loader), Pascal zero-shot, LVIS. The image resize is ``aligned``
+  (PhraseCut: the original ``load_sample``'s ``F.interpolate`` bilinear with ``align_corners=True`` on 0-255
+  floats, no antialiasing; the same function as training, `clipseg.data.resizing`) or ``pil`` (torchvision's
+  ``Resize`` of a PIL image = PIL bilinear: HSNet's COCO loader; also used for Pascal zero-shot and LVIS, whose
+  original loaders were not released); masks and label maps use torch's nearest neighbour, as the original
+  loaders did.
+- ``letterbox``: PFENet's ``test_Resize`` used by the paper's Pascal-5i runs: the longer side becomes `size` (only
+  when larger; sides rounded down to multiples of 8), OpenCV ``INTER_LINEAR`` (no antialiasing) on float pixels,
+  placed top-left on a black size x size canvas; support masks OpenCV ``INTER_NEAREST``. The metrics are computed
+  at the original resolution as the released scorer did (``resize_pred``): the prediction of the *whole* canvas is
+  resized (bilinear, corners aligned) to L x L, L the original's longer side, and its top-left H x W region kept.
+
+A tiny object that vanishes in the resize leaves an empty mask, as in the original (no ground-truth rescue).
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.resizing import normalise, resize_image_aligned, resize_nearest
 from ..model.interface import SegmentationModel
 from ..predictor import Predictor
 
 Geometry = Literal["squash", "letterbox"]
 GEOMETRIES = ("squash", "letterbox")
+ImageResize = Literal["aligned", "pil"]
+IMAGE_RESIZES = ("aligned", "pil")
 
 
 @dataclass(frozen=True)
@@ -51,72 +61,89 @@ def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
 
 def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 RGB PIL image -> normalised float tensor (3, H, W)."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
+    return normalise(pixels, mean, std)
+
+
+def _opencv():
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "the letterbox geometry (PFENet's test resize) needs OpenCV: pip install 'clipseg[eval]'"
+        ) from None
+    return cv2
 
 
 def prepare_input(
-    image: Image.Image, size: int, geometry: Geometry, mean: Sequence[float], std: Sequence[float]
+    image: Image.Image,
+    size: int,
+    geometry: Geometry,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    resize: ImageResize = "pil",
 ) -> tuple[torch.Tensor, Placement]:
-    """Image -> normalised (3, size, size) model input and its `Placement` (PIL bilinear resizing)."""
+    """Image -> normalised (3, size, size) model input and its `Placement` (see the module docstring)."""
     width, height = image.size
     if geometry == "squash":
-        resized = image.resize((size, size), Image.Resampling.BILINEAR) if image.size != (size, size) else image
-        return to_tensor(resized, mean, std), Placement((size, size), (height, width))
+        if resize == "aligned":
+            pixels = resize_image_aligned(image, (size, size))
+        elif resize == "pil":
+            resized = image.resize((size, size), Image.Resampling.BILINEAR) if image.size != (size, size) else image
+            pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1)
+        else:
+            raise ValueError(f"unknown image resize {resize!r}; expected one of {IMAGE_RESIZES}")
+        return normalise(pixels, mean, std), Placement((size, size), (height, width))
     if geometry != "letterbox":
         raise ValueError(f"unknown input geometry {geometry!r}; expected one of {GEOMETRIES}")
     new_height, new_width = letterbox_size(height, width, size)
-    resized = (
-        image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-        if (new_height, new_width) != (height, width)
-        else image
-    )
-    canvas = Image.new("RGB", (size, size), (0, 0, 0))  # black padding, as PFENet pads before normalising
-    canvas.paste(resized, (0, 0))
-    return to_tensor(canvas, mean, std), Placement((new_height, new_width), (height, width))
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if (new_height, new_width) != (height, width):
+        cv2 = _opencv()
+        pixels = cv2.resize(pixels, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+    canvas = torch.zeros(3, size, size)  # black padding, as PFENet pads before normalising
+    canvas[:, :new_height, :new_width] = torch.from_numpy(pixels).permute(2, 0, 1)
+    return normalise(canvas, mean, std), Placement((new_height, new_width), (height, width))
 
 
 def place_mask(mask: np.ndarray, size: int, geometry: Geometry) -> torch.Tensor:
-    """A bool (H, W) mask placed like its image by `prepare_input` (nearest neighbour; padding is background)."""
-    height, width = mask.shape
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    """A bool (H, W) mask placed like its image by `prepare_input`: torch nearest (squash) or OpenCV
+    ``INTER_NEAREST`` (letterbox); padding is background. An object lost in the resize stays lost."""
     if geometry == "squash":
-        target = (size, size)
-    else:
-        target = letterbox_size(height, width, size)
-    resized = np.asarray(image.resize((target[1], target[0]), Image.Resampling.NEAREST)) > 127
-    if mask.any() and not resized.any():
-        # An object smaller than one output pixel would vanish (and break visual prompts): keep its centre pixel.
-        rows, columns = np.nonzero(mask)
-        resized[int(rows.mean() * target[0] / height), int(columns.mean() * target[1] / width)] = True
+        return resize_nearest(mask.astype(np.uint8), (size, size)).bool()
+    height, width = mask.shape
+    target = letterbox_size(height, width, size)
+    resized = mask.astype(np.float32)
+    if target != (height, width):
+        cv2 = _opencv()
+        resized = cv2.resize(resized, (target[1], target[0]), interpolation=cv2.INTER_NEAREST)
     canvas = np.zeros((size, size), dtype=bool)
-    canvas[: target[0], : target[1]] = resized
+    canvas[: target[0], : target[1]] = resized > 0.5
     return torch.from_numpy(canvas)
 
 
 def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
-    """Label map resized to size x size with nearest neighbour (the squash geometry's ground truth)."""
-    if labels.shape == (size, size):
-        return labels
-    return np.asarray(Image.fromarray(labels).resize((size, size), Image.Resampling.NEAREST))
+    """Label map resized to size x size with torch's nearest neighbour (the original zero-shot loader's
+    ``transforms.Resize(NEAREST)`` of a label tensor)."""
+    return resize_nearest(labels, (size, size)).numpy()
 
 
 def probabilities_at_original(probabilities: torch.Tensor, placement: Placement, geometry: Geometry) -> torch.Tensor:
     """(..., size, size) probabilities -> the geometry's evaluation resolution.
 
-    Squash: unchanged (ground truth is resized to the input instead). Letterbox: the content region, resized
-    bilinearly with aligned corners (as the paper's code resized predictions) to the original image size."""
+    Squash: unchanged (ground truth is resized to the input instead). Letterbox: as the released scorer
+    (``resize_pred``): the whole canvas resized bilinearly with aligned corners to L x L (L the original's longer
+    side, the padded square ground truth of the original loader), then its top-left original-size region."""
     if geometry == "squash":
         return probabilities
-    height, width = placement.content
-    region = probabilities[..., :height, :width]
-    if (height, width) == placement.original:
-        return region
-    lead = region.shape[:-2]
-    resized = F.interpolate(
-        region.reshape(-1, 1, height, width), size=placement.original, mode="bilinear", align_corners=True
-    )
-    return resized.reshape(*lead, *placement.original)
+    height, width = placement.original
+    longer = max(height, width)
+    lead = probabilities.shape[:-2]
+    canvas = probabilities.reshape(-1, 1, *probabilities.shape[-2:]).float()
+    if canvas.shape[-2:] != (longer, longer):
+        canvas = F.interpolate(canvas, size=(longer, longer), mode="bilinear", align_corners=True)
+    return canvas[..., :height, :width].reshape(*lead, height, width)
 
 
 class Segmenter:
@@ -144,8 +171,14 @@ class Segmenter:
     def support_embeddings(
         self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], variant: str
     ) -> torch.Tensor:
-        """(N, D) conditional vectors of support images prepared with a visual prompt `variant`."""
-        return self.predictor.encode_supports(images, masks, variant)
+        """(N, D) conditional vectors of support images prepared with a visual prompt `variant`. A support whose
+        object vanished in the resize is still used (all background), as in the original."""
+        return self.predictor.encode_supports(images, masks, variant, allow_empty=True)
+
+    @torch.inference_mode()
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, D) conditional vectors of (N, 3, S, S) model inputs used as they are (no prompt engineering)."""
+        return self.model.encode_image(pixels.to(self.device))
 
     @torch.inference_mode()
     def probabilities(

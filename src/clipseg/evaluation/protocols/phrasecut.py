@@ -1,9 +1,13 @@
 """PhraseCut (Tables 3 and 9).
 
-PhraseCut test, image and mask resized to 352 x 352; the raw phrase as prompt; mIoU treats every sample as its own
-class (the original passed the sample index as the class), i.e. the mean of per-sample IoU. Visual prompts
-(Table 9): samples whose phrase occurs more than once; the support is a sample with the same phrase drawn uniformly
-(itself included, as in the original), prompt-engineered.
+PhraseCut test, image and mask resized to 352 x 352 as the original ``load_sample`` (image bilinear with aligned
+corners on 0-255 values, mask nearest; the same resize as training); the raw phrase as prompt; mIoU treats every
+sample as its own class (the original passed the sample index as the class), i.e. the mean of per-sample IoU.
+Visual prompts (Table 9): the support is a sample with the same phrase drawn uniformly (the query itself included,
+as in the original), prompt-engineered. Samples whose phrase is unique have no support: by default they are left
+out (``unique_phrases: skip``, what the released config meant with ``visual_only: True``); the released scorer
+never read that key (it reads ``only_visual``), so its numbers include them conditioned on an all-zero support
+(``unique_phrases: zero_support``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import torch
 
 from ...data.phrasecut import PhraseCut
 from ..engine import BinarySample, Query, Row, Runtime, binary_values, collect_examples, evaluate_binary
@@ -31,6 +36,10 @@ class PhraseCutOptions:
     visual_prompt: str = "crop_blur_highlight"
     threshold: float = 0.3
     seed: int = 0
+    unique_phrases: str = "skip"
+
+
+UNIQUE_PHRASES = ("skip", "zero_support")
 
 
 @register
@@ -41,6 +50,8 @@ class PhraseCutProtocol(EvaluationProtocol):
     def validate(self, options: PhraseCutOptions) -> None:
         if not options.prompts or set(options.prompts) - {"text", "visual"}:
             raise ValueError(f"prompts must be a non-empty list of 'text' and/or 'visual', got {list(options.prompts)}")
+        if options.unique_phrases not in UNIQUE_PHRASES:
+            raise ValueError(f"unique_phrases must be one of {UNIQUE_PHRASES}, got {options.unique_phrases!r}")
 
     @cached_property
     def dataset(self):
@@ -56,13 +67,17 @@ class PhraseCutProtocol(EvaluationProtocol):
     def _query(self, index: int, prompt: str | None, support: int | None) -> Query:
         size = self.config.image_size
         dataset = self.dataset
-        image, placement = prepare_input(dataset.load_image(index), size, "squash", *self._stats)
+        image, placement = prepare_input(dataset.load_image(index), size, "squash", *self._stats, resize="aligned")
         target = place_mask(dataset.load_mask(index), size, "squash")
-        support_pair = None
-        if support is not None:
-            support_image, _ = prepare_input(dataset.load_image(support), size, "squash", *self._stats)
-            support_pair = (support_image, place_mask(dataset.load_mask(support), size, "squash"))
-        return Query(image, placement, target, None, prompt, support_pair, dataset.tasks[index].phrase)
+        caption = dataset.tasks[index].phrase
+        if prompt is not None:
+            return Query(image, placement, target, None, prompt, None, caption)
+        if support is None:  # a unique phrase under the released behaviour: an all-zero (normalised) support
+            zeros = (torch.zeros_like(image), torch.zeros(size, size, dtype=torch.bool))
+            return Query(image, placement, target, None, None, zeros, caption, support_as_input=True)
+        support_image, _ = prepare_input(dataset.load_image(support), size, "squash", *self._stats, resize="aligned")
+        support_pair = (support_image, place_mask(dataset.load_mask(support), size, "squash"))
+        return Query(image, placement, target, None, None, support_pair, caption)
 
     def samples(self, kind: str, options: PhraseCutOptions) -> list[BinarySample]:
         tasks = self.dataset.tasks
@@ -73,10 +88,11 @@ class PhraseCutProtocol(EvaluationProtocol):
             for k, task in enumerate(tasks):
                 by_phrase.setdefault(task.phrase, []).append(k)
             random = np.random.default_rng(options.seed)
+            keep_unique = options.unique_phrases == "zero_support"
             chosen = [
-                (k, int(random.choice(by_phrase[t.phrase])))
+                (k, int(random.choice(by_phrase[t.phrase])) if len(by_phrase[t.phrase]) > 1 else None)
                 for k, t in enumerate(tasks)
-                if len(by_phrase[t.phrase]) > 1
+                if keep_unique or len(by_phrase[t.phrase]) > 1
             ]
         samples = []
         for index, support in chosen:

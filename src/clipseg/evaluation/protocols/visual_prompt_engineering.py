@@ -1,7 +1,8 @@
 """Visual prompt engineering (Table 2).
 
 CLIP alone; ΔP(object) = P(target | highlighted) - P(target | plain), P = softmax over "a photo of a <name>" of the
-target and the other objects in the image (logit scale 100).
+target and the other objects in the image (logit scale 100). Inputs as the released notebook made them (see
+`clip_input`): CLIP-internal masking at 352 px, image-space variants (and the plain image) resized to 224 px.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...visual_prompt import VARIANTS, prepare_support
+from ...visual_prompt import VARIANTS, apply_visual_prompt, prepare_support
 from ..engine import Row, Runtime
 from ..inference import place_mask, prepare_input
 from ..reference import TABLE2_LABELS
@@ -41,6 +42,35 @@ class PromptEngineeringOptions:
     text_template: str = "a photo of a {}"
     logit_scale: float = 100.0
     seed: int = 0
+
+
+def clip_input(
+    pixels: torch.Tensor,
+    mask: torch.Tensor,
+    variant: str,
+    clip_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
+    """CLIP's input for one Table 2 variant, as the released notebook built it (``get_similarities``).
+
+    CLIP-internal masking runs on the image at its loaded size (352 px: 22 x 22 tokens) with the token mask.
+    Image-space variants are prepared at that size and then brought to CLIP's 224 px: crops by ``object_crop``'s
+    nearest-neighbour resize straight to 224, everything else by ``nnf.interpolate(..., (224, 224),
+    mode='bilinear')`` (corners not aligned, no antialiasing).
+
+    Returns (pixels (3, S, S), token mask (S, S) or None, token mask mode or None).
+    """
+    spec = VARIANTS[variant]
+    if spec.token_mask_mode is not None:
+        prompt = prepare_support(pixels, mask, spec, pixels.shape[-1], mean=tuple(mean), std=tuple(std))
+        return prompt.pixel_values, prompt.token_mask, prompt.token_mask_mode
+    if spec.crop_context is not None:
+        cropped = prepare_support(pixels, mask, spec, clip_size, mean=tuple(mean), std=tuple(std))
+        return cropped.pixel_values, None, None
+    prompt = apply_visual_prompt(pixels, mask, spec, tuple(mean), tuple(std))
+    resized = F.interpolate(prompt[None], (clip_size, clip_size), mode="bilinear", align_corners=False)[0]
+    return resized, None, None
 
 
 @register
@@ -86,18 +116,15 @@ class VisualPromptEngineeringProtocol(LVISProtocol):
         texts = F.normalize(texts.float(), dim=-1)
         result = []
         for variant in variants:
-            prompt = prepare_support(pixels, mask, variant, size, mean=segmenter.mean, std=segmenter.std)
-            resized = F.interpolate(
-                prompt.pixel_values[None], (clip_size, clip_size), mode="bilinear", align_corners=False
-            ).to(segmenter.device)
+            inputs, token_mask, mode = clip_input(pixels, mask, variant, clip_size, segmenter.mean, segmenter.std)
             with torch.inference_mode():
-                if prompt.token_mask is None:
-                    embedding = segmenter.model.encode_image(resized)
+                if token_mask is None:
+                    embedding = segmenter.model.encode_image(inputs[None].to(segmenter.device))
                 else:
                     embedding = segmenter.model.encode_image(
-                        resized,
-                        token_mask=prompt.token_mask[None].to(segmenter.device),
-                        token_mask_mode=prompt.token_mask_mode,
+                        inputs[None].to(segmenter.device),
+                        token_mask=token_mask[None].to(segmenter.device),
+                        token_mask_mode=mode,
                     )
             logits = options.logit_scale * F.normalize(embedding.float(), dim=-1) @ texts.T
             result.append(float(logits.softmax(-1)[0, 0]))
