@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -39,6 +40,34 @@ def coco20i_classes(fold: int) -> list[int]:
     if fold not in range(COCO20I_FOLDS):
         raise ValueError(f"COCO-20i fold must be 0..3, got {fold}")
     return list(range(fold, 80, 4))
+
+
+def coco20i_category_ids(instances: CocoInstances, origin: object) -> list[int]:
+    """The category id of every 0-based COCO-20i class index: the 80 COCO categories in id order."""
+    category_ids = sorted(instances.categories)
+    if len(category_ids) != 80:
+        raise ValueError(f"{origin}: COCO-20i needs the 80 COCO categories, found {len(category_ids)}")
+    return category_ids
+
+
+def excluded_category_ids(instances: CocoInstances, entries: Sequence[str], origin: object) -> set[int]:
+    """The category ids `entries` name: category names, or ``coco-20i-<fold>`` for the twenty classes of a
+    COCO-20i fold (indices fold, fold + 4, ..., fold + 76 of the categories in id order), which HSNet's training
+    lists (and so the released COCO-20i runs) held out: no sample of them, their objects left as background."""
+    excluded: set[int] = set()
+    for entry in entries:
+        match = re.fullmatch(r"coco-20i-(\d+)", entry)
+        if match:
+            category_ids = coco20i_category_ids(instances, origin)
+            excluded.update(category_ids[c] for c in coco20i_classes(int(match.group(1))))
+            continue
+        try:
+            excluded.add(instances.category_id(entry))
+        except KeyError:
+            raise ValueError(
+                f"{origin}: no category named {entry!r} to exclude (a category name of the dataset, or coco-20i-0..3)"
+            ) from None
+    return excluded
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):
@@ -86,11 +115,7 @@ class Coco20i:
         self.root = root
         self.split = split
         self.instances = CocoInstances(annotation_file, root / split)
-        self.category_ids = sorted(self.instances.categories)
-        if len(self.category_ids) != 80:
-            raise ValueError(
-                f"{annotation_file}: COCO-20i needs the 80 COCO categories, found {len(self.category_ids)}"
-            )
+        self.category_ids = coco20i_category_ids(self.instances, annotation_file)
         self._image_by_name = {image.file_name: image_id for image_id, image in self.instances.images.items()}
 
     def class_name(self, class_index: int) -> str:

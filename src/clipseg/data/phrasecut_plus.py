@@ -129,6 +129,9 @@ class PhraseCutPlus(torch.utils.data.Dataset):
         exclude_phrase: predicate removing samples by phrase (e.g. `clipseg.data.wordnet.PhraseFilter`); removed
             phrases are also never used as negatives or supports.
         crop: use object-aware square crops; if False the whole image is resized (distorting the aspect ratio).
+        only_visual: visual prompts only (the released ViTSeg PC+ run, ``only_visual: True`` with ``mix: False``):
+            only samples whose phrase has more than one sample, conditioned on the support alone (w = 0); a negative
+            whose new phrase is unique gets the all-zero support, as released.
         seed: base seed of every random decision.
     """
 
@@ -145,6 +148,7 @@ class PhraseCutPlus(torch.utils.data.Dataset):
         visual_variant: str = DEFAULT_VARIANT,
         exclude_phrase: Callable[[str], bool] | None = None,
         crop: bool = True,
+        only_visual: bool = False,
         seed: int = 0,
     ) -> None:
         if not 0.0 <= negative_prob <= 1.0:
@@ -159,6 +163,8 @@ class PhraseCutPlus(torch.utils.data.Dataset):
             )
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
+        if only_visual and not with_visual:
+            raise ValueError("only_visual needs with_visual")
         self.source = source
         self.image_size = image_size
         self.negative_prob = negative_prob
@@ -184,6 +190,12 @@ class PhraseCutPlus(torch.utils.data.Dataset):
         self.samples_by_phrase = dict(samples_by_phrase)
         self.unique_phrases = sorted(self.samples_by_phrase)
         self.phrase_slot = {phrase: slot for slot, phrase in enumerate(self.unique_phrases)}
+        self.only_visual = only_visual
+        if only_visual:  # as released: filtered after the phrase index, so negatives still draw from every phrase
+            self.source_indices = [i for i in self.source_indices if len(self.samples_by_phrase[phrases[i]]) > 1]
+            if not self.source_indices:
+                raise ValueError("only_visual: no phrase has more than one sample")
+            self.phrases = [phrases[i] for i in self.source_indices]
 
     def __len__(self) -> int:
         return len(self.source_indices)
@@ -234,7 +246,12 @@ class PhraseCutPlus(torch.utils.data.Dataset):
             support_index = same_phrase[int(rng.integers(len(same_phrase)))]
             support_mask = self.source.load_mask(support_index)
             support_crop = self._crop_box(support_mask, rng)
-        text_weight = float(rng.uniform(self.mix_text_min, self.mix_text_max)) if support_index is not None else 1.0
+        if self.only_visual:
+            text_weight = 0.0
+        elif support_index is not None:
+            text_weight = float(rng.uniform(self.mix_text_min, self.mix_text_max))
+        else:
+            text_weight = 1.0
         plan = SamplePlan(source_index, phrase, text, negative, crop, support_index, support_crop, text_weight)
         return plan, mask, support_mask
 

@@ -24,6 +24,7 @@ RANDOM_CLIP = "random"
 AutocastPrecision = Literal["auto", "fp32", "fp16", "bf16"]
 SourceFormat = Literal["phrasecut", "coco", "folder"]
 SampleOrder = Literal["original", "shuffle", "sequential"]
+ModelKind = Literal["clipseg", "clip-deconv", "vitseg"]
 SAMPLE_ORDERS: tuple[str, ...] = ("original", "shuffle", "sequential")
 
 
@@ -32,6 +33,9 @@ class ModelSettings:
     """Which model is trained.
 
     Attributes:
+        kind: "clipseg", or one of the paper's baselines (`clipseg.model.baselines`): "clip-deconv" (CLIP block 9,
+            FiLM, an MLP and one transposed convolution; D = `reduce_dim` 64, D2 = `reduce2_dim`) or "vitseg"
+            (CLIPSeg's decoder on an ImageNet ViT, `backbone`, with `clip`'s text tower).
         preset: architecture from `clipseg.model.config.PRESETS` ("rd64", "rd64-refined", "rd16", "rd128").
         architecture: overrides of `CLIPSegConfig` fields on top of the preset, nested like its `to_dict()`,
             e.g. ``{"decoder": {"extract_layers": [3, 7, 9]}}``. Vision/text fields only with ``clip: random``
@@ -42,13 +46,18 @@ class ModelSettings:
         init: start from a full CLIPSeg checkpoint (any `clipseg.load_model` source) and fine-tune its decoder;
             the architecture then comes from that checkpoint.
         dropout: dropout of the decoder's transformer blocks while training (torch's default 0.1, as released).
+        reduce2_dim: CLIP-Deconv's hidden width D2 (64 in the released experiments).
+        backbone: ViTSeg's timm ViT checkpoint (``vit_base_patch16_384`` weights, safetensors or a state dict).
     """
 
+    kind: ModelKind = "clipseg"
     preset: str = "rd64"
     architecture: dict[str, Any] = field(default_factory=dict)
     clip: str = DEFAULT_CLIP
     init: str | None = None
     dropout: float = 0.1
+    reduce2_dim: int = 64
+    backbone: str | None = None
 
 
 @dataclass
@@ -73,7 +82,12 @@ class DataSettings:
         visual_variant: visual prompt engineering of supports (`clipseg.visual_prompt.VARIANTS`).
         remove_classes: WordNet preset of `clipseg.data.wordnet` whose phrases are removed (zero/one-shot
             experiments), or None.
+        exclude_categories: COCO categories held out of training and validation (coco only): category names, or
+            ``coco-20i-<fold>`` for the fold's twenty classes (COCO-20i one-shot training, paper Table 6). Their
+            objects stay in the images as background, as in HSNet's training lists.
         crop: object-aware random square crops (else the whole image is resized).
+        only_visual: visual prompts only, w = 0 (the released ViTSeg PC+ run): samples of phrases with more than
+            one sample, conditioned on the support alone.
         order: sample order: "original" (the released training: images shuffled once with the run's seed, an
             image's samples kept together, the same order every epoch), "shuffle" (a new permutation every epoch)
             or "sequential" (the dataset's order).
@@ -93,7 +107,9 @@ class DataSettings:
     mix_text_max: float = 0.5
     visual_variant: str = "crop_blur_highlight"
     remove_classes: str | None = None
+    exclude_categories: tuple[str, ...] = ()
     crop: bool = True
+    only_visual: bool = False
     order: SampleOrder = "original"
     num_workers: int = 0
 
@@ -175,6 +191,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.name.strip() != "", "name", "must not be empty")
         _check(0.0 <= self.model.dropout < 1.0, "model.dropout", "must lie in [0, 1)")
+        _check(self.model.reduce2_dim > 0, "model.reduce2_dim", "must be positive")
+        _check(
+            self.model.backbone is None or self.model.kind == "vitseg",
+            "model.backbone",
+            "is ViTSeg's timm ViT checkpoint: only with model.kind: vitseg",
+        )
+        _check(
+            self.model.init is None or self.model.kind == "clipseg",
+            "model.kind",
+            "comes from the checkpoint when model.init is set (leave it at clipseg)",
+        )
         _check(self.data.image_size > 0, "data.image_size", "must be positive")
         _check(0.0 <= self.data.negative_prob <= 1.0, "data.negative_prob", "must lie in [0, 1]")
         _check(
@@ -183,6 +210,12 @@ class TrainConfig:
             "need 0 <= mix_text_min <= mix_text_max <= 1",
         )
         _check(self.data.num_workers >= 0, "data.num_workers", "must be non-negative")
+        _check(not self.data.only_visual or self.data.with_visual, "data.only_visual", "needs data.with_visual")
+        _check(
+            not self.data.exclude_categories or self.data.format == "coco",
+            "data.exclude_categories",
+            "holds COCO categories out: only with data.format: coco",
+        )
         _check(self.optim.batch_size > 0, "optim.batch_size", "must be positive")
         _check(self.optim.max_iterations > 0, "optim.max_iterations", "must be positive")
         _check(0.0 <= self.optim.lr_min <= self.optim.lr, "optim.lr_min", "need 0 <= lr_min <= lr")

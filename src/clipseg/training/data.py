@@ -124,8 +124,13 @@ def referring_source(settings: DataSettings, *, validation: bool = False) -> Any
     location = settings.val if validation else settings.root
     if settings.format == "coco":
         from ..data.coco import CocoInstances, CocoReferringSource
+        from ..data.coco20i import excluded_category_ids
 
-        return CocoReferringSource(CocoInstances(location, settings.image_dir))
+        instances = CocoInstances(location, settings.image_dir)
+        if not settings.exclude_categories:
+            return CocoReferringSource(instances)
+        excluded = excluded_category_ids(instances, settings.exclude_categories, "data.exclude_categories")
+        return CocoReferringSource(instances, category_ids=set(instances.categories) - excluded)
     if settings.format == "folder":
         from ..data.folder import FolderSource
 
@@ -156,6 +161,7 @@ def build_training_dataset(settings: DataSettings, seed: int) -> Dataset:
         visual_variant=settings.visual_variant,
         exclude_phrase=_phrase_filter(settings),
         crop=settings.crop,
+        only_visual=settings.only_visual,
         seed=seed,
     )
 

@@ -1,4 +1,5 @@
-"""The model a run trains: a fresh decoder on (pre-trained or random) CLIP, or a checkpoint to fine-tune."""
+"""The model a run trains: a fresh decoder on (pre-trained or random) CLIP -- CLIPSeg or one of the paper's
+baselines (CLIP-Deconv, ViTSeg) -- or a checkpoint to fine-tune."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from ..checkpoints.load import build, load_clip, load_model
+from ..checkpoints.vitseg import build_vitseg
+from ..model.baselines import CLIPDeconv
 from ..model.clipseg import CLIPSeg
 from ..model.config import PRESETS, CLIPSegConfig
 from ..typed_config import merge
@@ -29,6 +32,8 @@ def build_model(settings: ModelSettings, seed: int, image_size: int | None = Non
         if settings.architecture:
             raise ValueError("model.architecture cannot be combined with model.init (the checkpoint fixes it)")
         model = load_model(settings.init)
+    elif settings.kind == "vitseg":
+        model = _fresh_vitseg(settings, seed)
     else:
         model = _fresh_model(settings, seed)
     if image_size is not None:
@@ -43,7 +48,27 @@ def architecture_config(settings: ModelSettings) -> CLIPSegConfig:
     if settings.preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {settings.preset!r} (one of {', '.join(PRESETS)})")
     preset = PRESETS[settings.preset].replace(extract_layers=TRAINING_EXTRACT_LAYERS)
+    if settings.kind == "clip-deconv":  # the original CLIPDenseBaseline: block 9 only, D = 64
+        preset = dataclasses.replace(preset, decoder=CLIPDeconv.default_config().decoder)
     return _with_architecture(preset, settings.architecture)
+
+
+def _fresh_vitseg(settings: ModelSettings, seed: int) -> CLIPSeg:
+    if {"vision", "text"} & set(settings.architecture):
+        raise ValueError("model.architecture: ViTSeg's vision and text towers come from model.backbone and model.clip")
+    if settings.backbone is None:
+        raise ValueError("model.backbone: set ViTSeg's timm ViT checkpoint (vit_base_patch16_384 weights)")
+    if settings.clip == RANDOM_CLIP:
+        raise ValueError("model.clip: ViTSeg needs CLIP weights for its text tower (not random)")
+    decoder = architecture_config(settings).decoder
+    with torch.random.fork_rng(devices=[]):
+        return build_vitseg(settings.backbone, settings.clip, decoder=decoder, seed=seed)
+
+
+def _new_model(settings: ModelSettings, config: CLIPSegConfig, tokenizer: Any = None) -> CLIPSeg:
+    if settings.kind == "clip-deconv":
+        return CLIPDeconv(config, reduce2_dim=settings.reduce2_dim, tokenizer=tokenizer)
+    return CLIPSeg(config, tokenizer)
 
 
 def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
@@ -56,7 +81,7 @@ def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
     if not pretrained_clip:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = CLIPSeg(config)
+            model = _new_model(settings, config)
         return model.eval()
     clip_state, vision, text, tokenizer = load_clip(settings.clip)
     try:
@@ -66,7 +91,7 @@ def _fresh_model(settings: ModelSettings, seed: int) -> CLIPSeg:
 
     def fresh_decoder() -> CLIPSeg:
         torch.manual_seed(seed)
-        return CLIPSeg(config, tokenizer)
+        return _new_model(settings, config, tokenizer)
 
     with torch.random.fork_rng(devices=[]):
         model = build(fresh_decoder, clip_state, f"model.clip {settings.clip}", may_be_missing=("decoder.",))
