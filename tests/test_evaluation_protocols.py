@@ -91,6 +91,8 @@ def test_every_protocol_runs_end_to_end_and_reports(table, benchmarks, tiny_mode
     report = result.files.markdown.read_text()
     assert "| ours |" in report.replace(result.rows[0].name + " ", "") or "| ours |" in report
     assert f"| {layout.rows[-1][0]} | paper |" in report  # other methods quoted as reference rows
+    fidelity = report.split("## Fidelity to the released code", 1)[1]  # issue 12: every report says how it relates
+    assert "Follows the released code:" in fidelity and "Deliberately different:" in fidelity
     data = json.loads(result.files.json.read_text())
     assert data["table"] == table and len(data["rows"]) == len(result.rows)
     for plot in result.files.plots:

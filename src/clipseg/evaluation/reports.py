@@ -21,6 +21,8 @@ from ..fileio import atomic_path, write_text
 from .settings import EvalConfig
 from .engine import Row
 from .metrics import THRESHOLDS
+from .protocols import PROTOCOLS
+from .protocols.base import Fidelity
 from .reference import PaperTable, paper_table
 
 
@@ -92,11 +94,24 @@ def markdown_report(config: EvalConfig, rows: Sequence[Row], table: PaperTable, 
     ]
     if table.notes:
         parts += ["Notes:", "", *[f"- {note}" for note in table.notes], ""]
+    parts += fidelity_section(PROTOCOLS[config.protocol].fidelity)
     sources = [f"- {m.name}: `{m.source or dict(m.sources)}`" for m in config.models]
     parts += ["Models:", "", *sources, ""]
     if plots:
         parts += ["Plots:", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     return "\n".join(parts)
+
+
+def fidelity_section(fidelity: Fidelity) -> list[str]:
+    """The report's lines on where the protocol follows the released code and where it deliberately departs."""
+    if not fidelity.follows and not fidelity.departs:
+        return []
+    lines = ["## Fidelity to the released code", ""]
+    if fidelity.follows:
+        lines += ["Follows the released code:", "", *[f"- {item}" for item in fidelity.follows], ""]
+    if fidelity.departs:
+        lines += ["Deliberately different:", "", *[f"- {item}" for item in fidelity.departs], ""]
+    return lines
 
 
 def _jsonable(value: Any) -> Any:

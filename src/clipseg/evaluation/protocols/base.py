@@ -8,6 +8,7 @@ the wrong type are errors), evaluates one model spec at a time and returns table
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ...typed_config import build
@@ -26,11 +27,21 @@ def register(cls: type[T]) -> type[T]:
     return cls
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """How a protocol relates to the released code, for the report's "Fidelity" section: what it `follows` and
+    where it deliberately `departs` (with the option that gives the released behaviour, if any)."""
+
+    follows: tuple[str, ...] = ()
+    departs: tuple[str, ...] = ()
+
+
 class EvaluationProtocol(ABC):
     """A benchmark protocol: dataset and option parsing, and `rows` for one model."""
 
     name: ClassVar[str]
     Options: ClassVar[type]
+    fidelity: ClassVar[Fidelity] = Fidelity()
     required_dataset_keys: ClassVar[tuple[str, ...]] = ("root",)
     optional_dataset_keys: ClassVar[tuple[str, ...]] = ()
 

@@ -17,7 +17,7 @@ from ..engine import BinarySample, Query, Row, Runtime, binary_values, collect_e
 from ..inference import place_mask, prepare_input
 from ..metrics import BinaryScores
 from ..settings import ModelSpec
-from .base import EvaluationProtocol, register
+from .base import EvaluationProtocol, Fidelity, register
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,13 @@ class LVISProtocol(EvaluationProtocol):
 @register
 class LVISGeneralizedProtocol(LVISProtocol):
     name = "lvis_generalized"
+    fidelity = Fidelity(
+        follows=("prompts mapped to LVIS objects as listed in the paper's appendix",),
+        departs=(
+            "the original's LVIS loaders were not released: image resize (PIL bilinear, masks torch nearest) and "
+            "image selection follow the paper's description, not verified code",
+        ),
+    )
     Options = GeneralizedOptions
 
     def validate(self, options: GeneralizedOptions) -> None:

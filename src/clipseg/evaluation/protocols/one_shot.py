@@ -33,7 +33,7 @@ from ..engine import BinarySample, Query, Row, Runtime, binary_values, collect_e
 from ..inference import GEOMETRIES, place_mask, prepare_input
 from ..metrics import StatisticsAccumulator, threshold_index
 from ..settings import ModelSpec
-from .base import EvaluationProtocol, register
+from .base import EvaluationProtocol, Fidelity, register
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,22 @@ class OneShotProtocol(EvaluationProtocol):
 @register
 class Pascal5iProtocol(OneShotProtocol):
     name = "pascal5i"
+    fidelity = Fidelity(
+        follows=(
+            "geometry letterbox = PFENet's test_Resize: longer side to the input size when larger, sides floored to "
+            "multiples of 8, OpenCV INTER_LINEAR (no antialiasing) on float pixels, black canvas; support masks "
+            "INTER_NEAREST",
+            "metrics at the original resolution as the released scorer (resize_pred): the whole predicted canvas "
+            "resized to L x L (L the longer side, bilinear, align_corners=True), VOC's 255 border ignored",
+            "per fold mIoU over the fold's five classes, averaged over the four folds; text prompts "
+            "'a photo of a {}.' as pfe_dataset.py",
+        ),
+        departs=(
+            "1,000 HSNet episodes per fold (the paper's protocol), from HSNet's lists or PFENet's area rule; the "
+            "released scorer instead took every image of PFENet's val list once as query, with SemData's support",
+            "geometry: squash (whole image resized) is an option, not the released pipeline",
+        ),
+    )
     optional_dataset_keys = ("annotations", "split", "splits", "pfenet_list")
 
     @cached_property
@@ -198,6 +214,15 @@ class Pascal5iProtocol(OneShotProtocol):
 @register
 class Coco20iProtocol(OneShotProtocol):
     name = "coco20i"
+    fidelity = Fidelity(
+        follows=(
+            "HSNet's COCO loader: image resized to the input size by torchvision's Resize of a PIL image (PIL "
+            "bilinear), masks torch nearest (geometry: squash)",
+            "HSNet's test episodes (numpy seed 0: class, query, a different support), fold classes fold, fold + 4, "
+            "...; per fold mIoU averaged over folds",
+        ),
+        departs=("geometry: letterbox is an option, not the released COCO pipeline",),
+    )
     optional_dataset_keys = ("split", "splits")
 
     @cached_property

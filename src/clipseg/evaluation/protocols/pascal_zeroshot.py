@@ -22,7 +22,7 @@ from ..engine import Row, Runtime, batched
 from ..inference import prepare_input, resize_labels
 from ..metrics import ConfusionMatrix
 from ..settings import ModelSpec
-from .base import EvaluationProtocol, register
+from .base import EvaluationProtocol, Fidelity, register
 
 # fmt: off
 JOEM_CLASSES: tuple[str, ...] = (
@@ -56,6 +56,18 @@ class ZeroShotOptions:
 @register
 class PascalZeroShotProtocol(EvaluationProtocol):
     name = "pascal_zeroshot"
+    fidelity = Fidelity(
+        follows=(
+            "label maps resized with torch nearest (the original's transforms.Resize(NEAREST) of a label tensor)",
+            "argmax over the 20 class prompts plus 'background' weighted by 3 (CLIPSegMultiLabel); seen/unseen mIoU "
+            "from one confusion matrix over the JoEm/ZS3Net splits",
+        ),
+        departs=(
+            "the image is resized with PIL bilinear: the JoEm loader the original used is not part of the release, "
+            "so its exact image resize is unverified",
+            "background_weight: null (the 20 classes alone) is an option matching the paper's text",
+        ),
+    )
     Options = ZeroShotOptions
     optional_dataset_keys = ("annotations", "split")
 

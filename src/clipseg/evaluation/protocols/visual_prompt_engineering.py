@@ -21,7 +21,7 @@ from ..engine import Row, Runtime
 from ..inference import place_mask, prepare_input
 from ..reference import TABLE2_LABELS
 from ..settings import ModelSpec
-from .base import register
+from .base import Fidelity, register
 from .lvis_generalized import LVISProtocol
 
 # fmt: off
@@ -76,6 +76,20 @@ def clip_input(
 @register
 class VisualPromptEngineeringProtocol(LVISProtocol):
     name = "visual_prompt_engineering"
+    fidelity = Fidelity(
+        follows=(
+            "as the released notebook: CLIP-internal masking at the loaded 352 px (22 x 22 tokens); image-space "
+            "variants prepared at 352 px and resized to 224 (bilinear, corners not aligned, no antialiasing), crops "
+            "straight to 224 with nearest neighbour (object_crop)",
+            "'crop & BG blur' is blur 3 with context 0.5, 'crop & intensity 10%' is blur 3 with 10 % background "
+            "and no crop: what the notebook ran under those names",
+            "softmax over 'a photo of a <name>' of the objects in the image, logit scale 100",
+        ),
+        departs=(
+            "the LVIS one-shot loader (datasets/lvis_oneshot3.py) was not released: the object selection (three "
+            "names, 5 % area, seeded) and the image resize (PIL bilinear) follow the paper's description",
+        ),
+    )
     Options = PromptEngineeringOptions
 
     def validate(self, options: PromptEngineeringOptions) -> None:
