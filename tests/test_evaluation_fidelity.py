@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
-from evaluation_fixtures import IMAGE_SIZE, benchmarks, single_thread, tiny_model_dir  # noqa: F401 (fixtures)
 from PIL import Image
 
 from clipseg.data.phrasecut_plus import PhraseCutPlus
@@ -27,6 +26,8 @@ from clipseg.evaluation.protocols.visual_prompt_engineering import clip_input
 from clipseg.testing import random_model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_SIZE = 64  # the protocols' input size in these tests (the tiny model's)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _normalise(pixels01: torch.Tensor) -> torch.Tensor:

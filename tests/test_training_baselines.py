@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from test_evaluation_baselines import _hf_vit, _timm_layout
-from training_fixtures import TINY_ARCHITECTURE, shapes_dataset, tiny_config
+from training_fixtures import TINY_ARCHITECTURE, shapes_dataset, tiny_train_config
 
 from clipseg import load_model
 from clipseg.model.baselines import CLIPDeconv, ViTSeg
-from clipseg.testing import TINY_CONFIG, random_model
+from clipseg.testing import random_model, tiny_config
 from clipseg.training.config import TrainConfig
 from clipseg.training.trainer import Trainer
 
@@ -35,7 +35,7 @@ def _train(config: TrainConfig, dataset) -> tuple[Trainer, dict[str, torch.Tenso
 
 def test_clip_deconv_trains_its_head_only_and_exports(tmp_path: Path):
     architecture = {k: v for k, v in TINY_ARCHITECTURE.items() if k != "decoder"} | {"decoder": {"reduce_dim": 8, "extract_layers": [1]}}
-    config = tiny_config(
+    config = tiny_train_config(
         tmp_path / "run",
         model={"kind": "clip-deconv", "reduce2_dim": 6, "architecture": architecture},
         optim={"max_iterations": 2},
@@ -55,11 +55,11 @@ def test_clip_deconv_trains_its_head_only_and_exports(tmp_path: Path):
 def test_vitseg_trains_on_a_timm_vit_and_clips_text_tower(tmp_path: Path):
     vit_file = tmp_path / "vit.safetensors"
     save_file(_timm_layout(_hf_vit(width=64, layers=3, image_size=48).state_dict()), vit_file)
-    clip_model = random_model(TINY_CONFIG, seed=1)
+    clip_model = random_model(tiny_config(), seed=1)
     openai_state = {k.removeprefix("text."): v for k, v in clip_model.state_dict().items() if not k.startswith("decoder.")}
     clip_file = tmp_path / "clip.safetensors"
     save_file(openai_state, clip_file)
-    config = tiny_config(
+    config = tiny_train_config(
         tmp_path / "run",
         model={"kind": "vitseg", "backbone": str(vit_file), "clip": str(clip_file),
                "architecture": {"decoder": {"reduce_dim": 16, "heads": 2, "mlp_width": 32, "extract_layers": [1, 2]}}},
@@ -88,5 +88,5 @@ def test_vitseg_trains_on_a_timm_vit_and_clips_text_tower(tmp_path: Path):
 )
 def test_baseline_settings_errors_name_the_key(tmp_path: Path, model, message):
     with pytest.raises(ValueError, match=message):
-        config = tiny_config(tmp_path / "run", model={"architecture": {}} | model)
+        config = tiny_train_config(tmp_path / "run", model={"architecture": {}} | model)
         Trainer(config, train_dataset=shapes_dataset(2))
