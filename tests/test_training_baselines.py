@@ -18,12 +18,7 @@ from clipseg.training.config import TrainConfig
 from clipseg.training.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _train(config: TrainConfig, dataset) -> tuple[Trainer, dict[str, torch.Tensor]]:

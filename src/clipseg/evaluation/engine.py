@@ -25,7 +25,8 @@ from .inference import (
 )
 from .metrics import BinaryScores, StatisticsAccumulator, threshold_statistics
 
-CACHE_VERSION = 1
+# 2: inputs resized as the original pipelines (issue 12); results cached by version 1 are not reused.
+CACHE_VERSION = 2
 
 
 @dataclass
