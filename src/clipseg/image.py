@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -37,6 +37,14 @@ TRANSPARENT_BACKGROUND = (255, 255, 255)
 
 class ImageLoadError(ValueError):
     """A file or array that cannot be used as an image; the message is one line naming the input."""
+
+
+class NotAnImageError(ImageLoadError):
+    """Empty data, or data in no format Pillow reads."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image with more pixels than allowed (Pillow's decompression-bomb limit or an explicit bound)."""
 
 
 def load_image(source: ImageInput) -> Image.Image:
@@ -139,27 +147,56 @@ def _read_file(path: Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise ImageLoadError(f"{path}: empty file (0 bytes)")
+        with open(path, "rb") as file:
+            return _decode(file, str(path))
+    except PermissionError:
+        raise ImageLoadError(f"{path}: permission denied") from None
+
+
+def decode_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int | None = None) -> Image.Image:
+    """Decode an image held in memory (an upload), oriented but in its own mode; nothing touches the disk.
+
+    `max_pixels` refuses larger images from their header, before any pixel is decoded (on top of Pillow's
+    decompression-bomb limit). Pass the result to `load_image` (RGB) or `load_mask` (object mask).
+
+    Raises:
+        ImageTooLargeError: more pixels than `max_pixels` or Pillow's limit.
+        NotAnImageError: empty, or not in a format Pillow reads.
+        ImageLoadError: truncated or corrupt data.
+    """
+    if not data:
+        raise NotAnImageError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(file: BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
+    try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; refuse those images as well.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(file) as opened:
+                if max_pixels is not None and opened.width * opened.height > max_pixels:
+                    raise ImageTooLargeError(
+                        f"{name}: {opened.width}x{opened.height} image has more than the allowed "
+                        f"{max_pixels:,} pixels"
+                    )
                 opened.load()
                 # Orient while the file is open: TIFF keeps its orientation tag outside `info`.
-                return _oriented(opened, str(path))
+                return _oriented(opened, name)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageLoadError(
-            f"{path}: image larger than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+        raise ImageTooLargeError(
+            f"{name}: image larger than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
             "(raise PIL.Image.MAX_IMAGE_PIXELS, or --max-pixels in the CLI, if you trust the file)"
         ) from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+        raise NotAnImageError(f"{name}: not an image file (or a format Pillow cannot read)") from None
     except PermissionError:
-        raise ImageLoadError(f"{path}: permission denied") from None
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         if isinstance(error, ImageLoadError):
             raise
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImageLoadError(f"{path}: truncated or corrupt image ({reason})") from None
+        raise ImageLoadError(f"{name}: truncated or corrupt image ({reason})") from None
 
 
 def _oriented(image: Image.Image, name: str) -> Image.Image:

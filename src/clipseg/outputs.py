@@ -8,13 +8,14 @@ bounded length).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
@@ -106,10 +107,22 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
             image.convert("RGB").save(file, format="JPEG", quality=JPEG_QUALITY)
     elif suffix == ".png":
         with atomic_write(path) as file:
-            image.save(file, format="PNG")
+            write_png(image, file)
     else:
         raise ValueError(f"{path}: unsupported output suffix {suffix!r} (use .png or .jpg)")
     return Path(path)
+
+
+def write_png(image: Image.Image, file: BinaryIO) -> None:
+    """The one PNG encoding of every output (files and server answers alike, so both are byte-identical)."""
+    image.save(file, format="PNG")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """`image` encoded as `write_png` writes it."""
+    buffer = io.BytesIO()
+    write_png(image, buffer)
+    return buffer.getvalue()
 
 
 def save_json(data: Any, path: str | os.PathLike) -> Path:

@@ -226,7 +226,7 @@ class Predictor:
             conditionals = self.encode_prompts(
                 [*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed
             )
-            logits = self._decode(self._features, conditionals, torch.zeros(len(conditionals), dtype=torch.long))
+            logits = self.decode(self._features, conditionals, torch.zeros(len(conditionals), dtype=torch.long))
         return Prediction(
             tuple(_name(p) for p in positive), logits[: len(positive)], logits[len(positive) :], self._original_size
         )
@@ -253,12 +253,10 @@ class Predictor:
             conditionals = self.encode_prompts(
                 [*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed
             )
-            pixels = torch.stack([self._preprocess(image) for image in rgb_images])
-            chunks = [self.model.extract_features(chunk) for chunk in pixels.split(BACKBONE_CHUNK)]
-            features = [torch.cat(layer) for layer in zip(*chunks)]
+            features = self.extract_features(rgb_images)
             count = len(conditionals)
             image_index = torch.arange(len(rgb_images)).repeat_interleave(count)
-            logits = self._decode(features, conditionals.repeat(len(rgb_images), 1), image_index)
+            logits = self.decode(features, conditionals.repeat(len(rgb_images), 1), image_index)
         names = tuple(_name(p) for p in positive)
         predictions = []
         for index, image in enumerate(rgb_images):
@@ -374,21 +372,31 @@ class Predictor:
         self._remember(key, self.encode_supports(pixels, masks, prompt.variant).mean(dim=0))
         return self._recall(key)
 
-    def _decode(
+    def extract_features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Backbone activations of RGB images (from `load_image`), in batches of `BACKBONE_CHUNK`: one tensor
+        (N, tokens, width) per extract layer, image n at index n. `decode` reads them."""
+        with torch.inference_mode():
+            pixels = torch.stack([self._preprocess(image) for image in images])
+            chunks = [self.model.extract_features(chunk) for chunk in pixels.split(BACKBONE_CHUNK)]
+            return [torch.cat(layer) for layer in zip(*chunks)]
+
+    def decode(
         self, features: list[torch.Tensor], conditionals: torch.Tensor, image_index: torch.Tensor
     ) -> torch.Tensor:
-        """Logits (N, h, w) on the CPU for N conditionals, conditional n read against image `image_index[n]`."""
+        """Decoder only: logits (N, h, w) on the CPU for N conditionals (from `encode_prompts`), conditional n read
+        against image `image_index[n]` of `features` (from `extract_features`); in chunks of `DECODE_CHUNK`."""
         size = (self.image_size, self.image_size)
         outputs = []
-        for start in range(0, len(conditionals), DECODE_CHUNK):
-            stop = start + DECODE_CHUNK
-            logits = self.model.decode(
-                features,
-                conditionals[start:stop],
-                output_size=size,
-                image_index=image_index[start:stop].to(self.device),
-            )
-            outputs.append(logits[:, 0].float().cpu())
+        with torch.inference_mode():
+            for start in range(0, len(conditionals), DECODE_CHUNK):
+                stop = start + DECODE_CHUNK
+                logits = self.model.decode(
+                    features,
+                    conditionals[start:stop],
+                    output_size=size,
+                    image_index=image_index[start:stop].to(self.device),
+                )
+                outputs.append(logits[:, 0].float().cpu())
         return torch.cat(outputs)
 
     def _remember(self, key: tuple, vector: torch.Tensor) -> None:
