@@ -34,6 +34,7 @@ _OPTIONAL_COMMANDS = (
     ("clipseg.training.cli", "train", "train"),
     ("clipseg.evaluation.cli", "eval_", "eval"),
     ("clipseg.export.cli", "export_onnx", "export-onnx"),
+    ("clipseg.serve.cli", "serve", "serve"),
 )
 
 
