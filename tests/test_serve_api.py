@@ -495,7 +495,7 @@ def test_openapi_describes_the_multipart_fields(client):
 
 def test_page_is_served_without_external_urls(client):
     page = client.get("/")
-    assert page.status_code == 200 and page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert page.status_code == 200 and page.headers["content-security-policy"].startswith("default-src 'self';")
     for hook in ("image-input", "prompt-input", "negative-input", "threshold", "result", "download", "status"):
         assert f'data-testid="{hook}"' in page.text
     script = client.get("/static/app.js")

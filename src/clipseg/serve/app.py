@@ -42,8 +42,12 @@ LABEL_FORMATS = ("png", "json")
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 # Mask encoding in parallel: enough to use the cores, few enough to bound the memory of full-size maps.
 ENCODERS = 2
-# The page: no script, style or image from anywhere but this server.
-PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; object-src 'none'"
+# The page: no script, style, image or connection to anywhere but this server. Scripts may eval (the page does
+# not, but browser automation such as Playwright's wait_for_function evaluates strings in the page).
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-eval'; img-src 'self' blob: data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class _Service:

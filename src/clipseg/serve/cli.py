@@ -144,7 +144,10 @@ def serve(
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
-        server.run()
+        try:
+            server.run()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, re-raised by uvicorn after its graceful shutdown
+            pass
         if failure:
             raise CLIError(f"model failed to load: {failure[0]}")
         return 0
@@ -163,6 +166,8 @@ def _configure_logging() -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    # python-multipart logs each malformed body it sees; the request's own log line already says 422.
+    logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
 
 
 __all__ = ["is_loopback", "serve"]
