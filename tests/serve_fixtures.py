@@ -49,3 +49,36 @@ def cli_files(command: str, image: Path, out: Path, model_dir: Path, *args: str 
     )
     assert result.exit_code == 0, result.output
     return {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn on a free loopback port in a thread, for the duration of a `with` block."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 (any ASGI app)
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        import httpx
+
+        self.thread.start()
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, what="the server thread")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

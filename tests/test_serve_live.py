@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from predictor_fixtures import photo, save_tiny_model
-from serve_fixtures import decoded, encoded, free_port, wait_until
+from serve_fixtures import ServerThread, decoded, encoded, free_port, wait_until
 
 import clipseg
 
@@ -227,5 +227,41 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             assert page.get_by_test_id("prompt-chip").count() == 1
             page.screenshot(path=str(tmp_path / "page.png"))  # a test artifact, kept out of the repository
             assert errors == []
+        finally:
+            browser.close()
+
+
+def test_the_page_asks_once_for_the_api_key(tmp_path):
+    _skip_without_browser()
+    from playwright.sync_api import sync_playwright
+
+    from clipseg.predictor import Predictor
+    from clipseg.serve import ServeSettings, create_app
+
+    key = "page-key-123"
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    app = create_app(lambda: Predictor(clipseg.load_model(model_dir)), ServeSettings(api_key=key))
+    photo_path = tmp_path / "coffee.png"
+    Image.fromarray(photo("coffee")).save(photo_path)
+    with ServerThread(app) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            asked: list[str] = []
+            sent: list[str | None] = []
+
+            def answer(dialog) -> None:  # noqa: ANN001
+                asked.append(dialog.message)
+                dialog.accept(key)
+
+            page.on("dialog", answer)
+            page.on("request", lambda request: sent.append(request.headers.get("authorization")))
+            page.goto(server.url + "/")
+            page.get_by_test_id("image-input").set_input_files(str(photo_path))
+            page.get_by_test_id("prompt-input").fill("a cup")
+            page.get_by_test_id("prompt-input").press("Enter")
+            page.wait_for_function("document.querySelector('[data-testid=status]').textContent === 'ready'")
+            assert len(asked) == 1 and "API key" in asked[0]
+            assert sent.count(f"Bearer {key}") >= 2  # the upload and the prompt carried the key
         finally:
             browser.close()

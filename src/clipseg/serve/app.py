@@ -40,6 +40,8 @@ STATIC = Path(__file__).parent / "static"
 SEGMENT_FORMATS = ("json", "png", "soft", "float32")
 LABEL_FORMATS = ("png", "json")
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+# Largest raw answer (format=float32): 64 M values, 256 MiB.
+MAX_FLOAT32_VALUES = 64 * 1024 * 1024
 # Mask encoding in parallel: enough to use the cores, few enough to bound the memory of full-size maps.
 ENCODERS = 2
 # The page: no script, style, image or connection to anywhere but this server. Scripts may eval (the page does
@@ -312,6 +314,11 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
             body = await service.encode(answers.segment_json, image_id, outcome.size, outcome.prediction, threshold)
             return JSONResponse(body, headers=headers)
         if answer == "float32":
+            if len(all_prompts) * width * height > MAX_FLOAT32_VALUES:
+                raise ApiError(
+                    422, f"format=float32 for {len(all_prompts)} prompts on a {width}x{height} image would be "
+                    f"{len(all_prompts) * width * height * 4 / MIB:.0f} MiB; ask for fewer prompts per request",
+                )
             body = await service.encode(answers.probabilities_float32, outcome.prediction)
             return Response(body, media_type="application/octet-stream", headers=headers)
         if answer == "png":

@@ -14,8 +14,12 @@ SUPPORT_NAME = "support"
 
 def decode_upload(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
     """An uploaded image as 8-bit RGB (EXIF orientation applied): 413 above `max_pixels` (default: Pillow's
-    limit), 415 when not an image, 422 when truncated or corrupt."""
-    return load_image(_decode(data, name, max_pixels))
+    limit), 415 when not an image, 422 when truncated, corrupt or unusable (no pixels, NaN values, ...)."""
+    image = _decode(data, name, max_pixels)
+    try:
+        return load_image(image)
+    except ImageLoadError as error:
+        raise ApiError(422, str(error)) from None
 
 
 def image_prompt(supports: list[bytes], masks: list[bytes], max_pixels: int | None) -> ImagePrompt | None:
