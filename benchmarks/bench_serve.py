@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,9 @@ class Server:
         env = {**os.environ, "PYTHONPATH": str(Path(clipseg.__file__).parents[1])}
         self.log = open(log, "w")
         command = [sys.executable, "-m", "clipseg", "serve", "--model", str(model_dir), "--port", str(self.port)]
-        self.process = subprocess.Popen([*command, "--device", "cpu", *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            [*command, "--device", "cpu", *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env
+        )
 
     def __enter__(self) -> Server:
         deadline = time.monotonic() + 300
@@ -233,7 +234,8 @@ def main() -> None:
             model_dir = workdir / "full"
             random_model(PRESETS["rd64-refined"], seed=0).save_pretrained(model_dir)
             predictor = Predictor(apply_precision(clipseg.load_model(model_dir), "fp32"))  # as the server loads it
-            with Server(model_dir, workdir / "server.log") as server:
+            # A generous request timeout: on a busy shared machine a full-size batch can take longer than 30 s.
+            with Server(model_dir, workdir / "server.log", "--timeout", "600") as server:
                 if "latency" not in args.skip:
                     results["latency"] = latency(server, predictor, args.latency_requests)
                     print("latency (ms):", json.dumps(results["latency"], indent=1))

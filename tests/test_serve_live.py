@@ -75,7 +75,10 @@ def broken_requests(image: bytes) -> list[dict]:
         {"data": {"prompt": "a", "format": "tiff"}, "files": {"image": ("a.png", image, "image/png")}},
         {"data": {"prompt": "x" * 5000}, "files": {"image": ("a.png", image, "image/png")}},
         {"files": big_prompts},
-        {"content": b"--nope\r\nContent-Disposition: form-data\r\n\r\nx", "headers": {"Content-Type": "multipart/form-data; boundary=nope"}},
+        {
+            "content": b"--nope\r\nContent-Disposition: form-data\r\n\r\nx",
+            "headers": {"Content-Type": "multipart/form-data; boundary=nope"},
+        },
         {"content": b"\x00\x01garbage", "headers": {"Content-Type": "multipart/form-data; boundary=zz"}},
         {"json": {"prompt": "a"}},
         {"data": {"prompt": ["a", "b"], "format": "png"}, "files": {"image": ("a.png", image, "image/png")}},
@@ -87,7 +90,8 @@ def test_300_requests_from_16_clients_with_broken_ones_mixed_in(server):
     rng = np.random.default_rng(0)
     images = [encoded(rng.integers(0, 256, (48 + 4 * i, 64, 3), dtype=np.uint8)) for i in range(16)]
     with httpx.Client(base_url=base, timeout=60) as client:
-        ids = [client.post("/v1/images", files={"image": ("i.png", image, "image/png")}).json()["image_id"] for image in images[:4]]
+        uploads = [client.post("/v1/images", files={"image": ("i.png", image, "image/png")}) for image in images[:4]]
+        ids = [answer.json()["image_id"] for answer in uploads]
     plan = []
     for index in range(300):
         kind = index % 5
@@ -95,7 +99,8 @@ def test_300_requests_from_16_clients_with_broken_ones_mixed_in(server):
             plan.append(("valid", {"data": {"image_id": ids[index % 4], "prompt": ["a cat", f"thing {index % 7}"]}}))
         elif kind == 1:
             image = images[index % 16]
-            plan.append(("valid", {"data": {"prompt": "a dog", "format": "png"}, "files": {"image": ("i.png", image, "image/png")}}))
+            request = {"data": {"prompt": "a dog", "format": "png"}, "files": {"image": ("i.png", image, "image/png")}}
+            plan.append(("valid", request))
         elif kind == 2:
             plan.append(("valid", {"data": {"image_id": ids[index % 4], "prompt": "sky", "format": "float32"}}))
         else:

@@ -8,6 +8,9 @@ from ..postprocess import threshold as threshold_mask
 from ..predictor import Prediction
 
 BACKGROUND = "background"
+# The first of each is the default.
+SEGMENT_FORMATS = ("json", "png", "soft", "float32")
+LABEL_FORMATS = ("png", "json")
 
 
 def mask_png(prediction: Prediction, threshold: float) -> bytes:

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
@@ -37,8 +38,6 @@ from .uploads import decode_upload, image_prompt
 log = logging.getLogger("clipseg.serve")
 
 STATIC = Path(__file__).parent / "static"
-SEGMENT_FORMATS = ("json", "png", "soft", "float32")
-LABEL_FORMATS = ("png", "json")
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 # Largest raw answer (format=float32): 64 M values, 256 MiB.
 MAX_FLOAT32_VALUES = 64 * 1024 * 1024
@@ -204,21 +203,29 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "missing or wrong API key: send 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"}
+            )
 
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
-    async def admit(request: Request, fields: frozenset[str]) -> tuple[Batcher, Form]:
-        """The batcher (503 while loading) and the parsed form; the batcher is told a request is coming."""
+    async def handle(request: Request, fields: frozenset[str], prepare: Callable) -> tuple[Work, Outcome]:
+        """Parse the form, let `prepare` validate it into a `Work`, run it through the batcher. The batcher knows
+        a request is on its way from the first byte, so that it can wait for it to batch it with others."""
         batcher = service.ready_batcher()
         batcher.expect()
         try:
-            return batcher, await read_form(request.headers, request.stream(), settings, fields)
+            form = await read_form(request.headers, request.stream(), settings, fields)
+            work = await prepare(form)
         except BaseException:
             batcher.arrived()
             raise
+        request.state.log["prompts"] = len(work.prompts)
+        outcome = await service.run(work, batcher)
+        request.state.log["batch_size"] = outcome.batch_size
+        return work, outcome
 
-    async def image_source(form: Form, request: Request) -> tuple[str, object]:
+    async def image_source(form: Form, request: Request) -> tuple[str, Image.Image | None]:
         """(image_id, RGB image or None) from the `image` file or the `image_id` field."""
         data, image_id = form.file("image"), form.text("image_id")
         if data is not None and image_id is not None:
@@ -251,26 +258,13 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
         responses=error_responses(401, 413, 415, 422, 503),
     )
     async def images(request: Request) -> dict:
-        batcher, form = await admit(request, frozenset({"image"}))
-        try:
-            data = form.file("image")
-            if data is None:
+        async def prepare(form: Form) -> Work:
+            if form.file("image") is None:
                 raise ApiError(422, "no image: send the picture as the multipart file field 'image'")
-            image_id = hashlib.sha256(data).hexdigest()
-            cached = service.cache.get(image_id)
-            if cached is not None:
-                batcher.arrived()
-                height, width = cached.size
-                request.state.log["image_size"] = f"{width}x{height}"
-                return {"image_id": image_id, "width": width, "height": height}
-            image = await anyio.to_thread.run_sync(decode_upload, data, "image", settings.max_pixels)
-        except BaseException:
-            batcher.arrived()
-            raise
-        request.state.log["image_size"] = f"{image.width}x{image.height}"
-        outcome = await service.run(Work(image_id, image), batcher)
-        request.state.log["batch_size"] = outcome.batch_size
-        return {"image_id": image_id, "width": outcome.size[1], "height": outcome.size[0]}
+            return Work(*await image_source(form, request))
+
+        work, outcome = await handle(request, frozenset({"image"}), prepare)
+        return {"image_id": work.image_id, "width": outcome.size[1], "height": outcome.size[0]}
 
     @router.post(
         "/segment",
@@ -279,15 +273,13 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
         responses=error_responses(401, 404, 413, 415, 422, 503),
     )
     async def segment(request: Request) -> Response:
-        fields = frozenset(
-            {"image", "image_id", "prompt", "negative", "threshold", "format", "support", "support_mask"}
-        )
-        batcher, form = await admit(request, fields)
-        try:
+        options = {}
+
+        async def prepare(form: Form) -> Work:
             texts = prompts(form, "prompt", settings)
             negatives = prompts(form, "negative", settings)
-            threshold = unit_number(form, "threshold", settings.default_threshold)
-            answer = choice(form, "format", SEGMENT_FORMATS, "json")
+            options["threshold"] = unit_number(form, "threshold", settings.default_threshold)
+            answer = options["format"] = choice(form, "format", answers.SEGMENT_FORMATS)
             support = await anyio.to_thread.run_sync(
                 image_prompt, form.files.get("support", []), form.files.get("support_mask", []), settings.max_pixels
             )
@@ -299,32 +291,33 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
             if answer in ("png", "soft") and given != 1:
                 raise ApiError(422, f"format={answer} answers exactly one prompt, got {given} (use format=json)")
             image_id, image = await image_source(form, request)
-        except BaseException:
-            batcher.arrived()
-            raise
-        all_prompts = [*texts, *([support] if support is not None else [])]
-        names = (*texts, *([support.name] if support is not None else []))
-        request.state.log["prompts"] = len(all_prompts)
-        work = Work(image_id, image, all_prompts, names, list(negatives))
-        outcome = await service.run(work, batcher)
-        request.state.log["batch_size"] = outcome.batch_size
+            extra = [support] if support is not None else []
+            names = (*texts, *(prompt.name for prompt in extra))
+            return Work(image_id, image, [*texts, *extra], names, list(negatives))
+
+        fields = frozenset(
+            {"image", "image_id", "prompt", "negative", "threshold", "format", "support", "support_mask"}
+        )
+        work, outcome = await handle(request, fields, prepare)
         height, width = outcome.size
-        headers = {"X-Image-Id": image_id, "X-Image-Width": str(width), "X-Image-Height": str(height)}
-        if answer == "json":
-            body = await service.encode(answers.segment_json, image_id, outcome.size, outcome.prediction, threshold)
+        headers = {"X-Image-Id": work.image_id, "X-Image-Width": str(width), "X-Image-Height": str(height)}
+        prediction, threshold = outcome.prediction, options["threshold"]
+        if options["format"] == "json":
+            body = await service.encode(answers.segment_json, work.image_id, outcome.size, prediction, threshold)
             return JSONResponse(body, headers=headers)
-        if answer == "float32":
-            if len(all_prompts) * width * height > MAX_FLOAT32_VALUES:
+        if options["format"] == "float32":
+            values = len(work.prompts) * width * height
+            if values > MAX_FLOAT32_VALUES:
                 raise ApiError(
-                    422, f"format=float32 for {len(all_prompts)} prompts on a {width}x{height} image would be "
-                    f"{len(all_prompts) * width * height * 4 / MIB:.0f} MiB; ask for fewer prompts per request",
+                    422, f"format=float32 for {len(work.prompts)} prompts on a {width}x{height} image would be "
+                    f"{values * 4 / MIB:.0f} MiB; ask for fewer prompts per request",
                 )
-            body = await service.encode(answers.probabilities_float32, outcome.prediction)
+            body = await service.encode(answers.probabilities_float32, prediction)
             return Response(body, media_type="application/octet-stream", headers=headers)
-        if answer == "png":
-            body = await service.encode(answers.mask_png, outcome.prediction, threshold)
+        if options["format"] == "png":
+            body = await service.encode(answers.mask_png, prediction, threshold)
         else:
-            body = await service.encode(answers.soft_png, outcome.prediction)
+            body = await service.encode(answers.soft_png, prediction)
         return Response(body, media_type="image/png", headers=headers)
 
     @router.post(
@@ -334,13 +327,13 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
         responses=error_responses(401, 404, 413, 415, 422, 503),
     )
     async def labels(request: Request) -> Response:
-        fields = frozenset({"image", "image_id", "prompt", "negative", "background_threshold", "format"})
-        batcher, form = await admit(request, fields)
-        try:
+        options = {}
+
+        async def prepare(form: Form) -> Work:
             texts = prompts(form, "prompt", settings)
             negatives = prompts(form, "negative", settings)
-            background_threshold = unit_number(form, "background_threshold", settings.default_threshold)
-            answer = choice(form, "format", LABEL_FORMATS, "png")
+            options["threshold"] = unit_number(form, "background_threshold", settings.default_threshold)
+            options["format"] = choice(form, "format", answers.LABEL_FORMATS)
             if not texts:
                 raise ApiError(422, "no prompt: give the classes to label as 'prompt' fields, e.g. prompt=cat")
             if len(texts) > 255:
@@ -348,19 +341,17 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
             if answers.BACKGROUND in texts:
                 raise ApiError(422, "'background' names label 0 in the answer; call the class something else")
             image_id, image = await image_source(form, request)
-        except BaseException:
-            batcher.arrived()
-            raise
-        request.state.log["prompts"] = len(texts)
-        outcome = await service.run(Work(image_id, image, list(texts), tuple(texts), list(negatives)), batcher)
-        request.state.log["batch_size"] = outcome.batch_size
-        headers = {"X-Image-Id": image_id}
-        if answer == "json":
+            return Work(image_id, image, list(texts), tuple(texts), list(negatives))
+
+        fields = frozenset({"image", "image_id", "prompt", "negative", "background_threshold", "format"})
+        work, outcome = await handle(request, fields, prepare)
+        headers = {"X-Image-Id": work.image_id}
+        if options["format"] == "json":
             body = await service.encode(
-                answers.labels_json, image_id, outcome.size, outcome.prediction, background_threshold
+                answers.labels_json, work.image_id, outcome.size, outcome.prediction, options["threshold"]
             )
             return JSONResponse(body, headers=headers)
-        body = await service.encode(answers.labels_png, outcome.prediction, background_threshold)
+        body = await service.encode(answers.labels_png, outcome.prediction, options["threshold"])
         return Response(body, media_type="image/png", headers=headers)
 
     return router
@@ -373,7 +364,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        message = {404: f"no such endpoint: {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        path = request.url.path
+        message = {404: f"no such endpoint: {path}", 405: f"{request.method} is not allowed on {path}"}
         text = message.get(error.status_code, str(error.detail))
         return JSONResponse({"error": text}, status_code=error.status_code, headers=error.headers)
 

@@ -72,7 +72,8 @@ def serve(
         float, typer.Option(min=0.0, help="Wait this long for requests to batch together.", rich_help_panel=LIMITS)
     ] = 5.0,
     timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds a request may wait for the model (then 503).", rich_help_panel=LIMITS)
+        float,
+        typer.Option(min=0.001, help="Seconds a request may wait for the model (then 503).", rich_help_panel=LIMITS),
     ] = 30.0,
     max_upload_mb: Annotated[
         float, typer.Option(min=0.001, help="Largest uploaded file, MiB (413 above).", rich_help_panel=LIMITS)
@@ -88,7 +89,9 @@ def serve(
     cache_images: Annotated[
         int, typer.Option(min=1, help="Uploaded images whose features are kept.", rich_help_panel=LIMITS)
     ] = 32,
-    cache_mb: Annotated[float, typer.Option(min=0.0, help="Memory for kept features, MiB.", rich_help_panel=LIMITS)] = 1024.0,
+    cache_mb: Annotated[
+        float, typer.Option(min=0.0, help="Memory for kept features, MiB.", rich_help_panel=LIMITS)
+    ] = 1024.0,
     debug: DebugOption = False,
 ) -> None:
     """Serve the HTTP API (/v1/...) and the interactive page (/) with one model loaded at start.

@@ -225,10 +225,11 @@ def unit_number(form: Form, name: str, default: float) -> float:
     return value
 
 
-def choice(form: Form, name: str, choices: tuple[str, ...], default: str) -> str:
+def choice(form: Form, name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first when the field is absent)."""
     value = form.text(name)
     if value is None:
-        return default
+        return choices[0]
     if value not in choices:
         raise ApiError(422, f"unknown {name} {value[:40]!r}; choose one of {', '.join(choices)}")
     return value

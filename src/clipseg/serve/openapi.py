@@ -3,6 +3,8 @@ JSON error answers."""
 
 from __future__ import annotations
 
+from .answers import LABEL_FORMATS, SEGMENT_FORMATS
+
 _FILE = {"type": "string", "format": "binary"}
 _TEXTS = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 1000}}
 _FILES = {"type": "array", "items": _FILE}
@@ -27,7 +29,8 @@ def _body(properties: dict, required: list[str] | None = None) -> dict:
     schema: dict = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
-    encoding = {name: {"style": "form", "explode": True} for name, value in properties.items() if value.get("type") == "array"}
+    arrays = [name for name, value in properties.items() if value.get("type") == "array"]
+    encoding = {name: {"style": "form", "explode": True} for name in arrays}
     content = {"multipart/form-data": {"schema": schema, "encoding": encoding}}
     return {"requestBody": {"required": True, "content": content}}
 
@@ -36,27 +39,22 @@ def error_responses(*statuses: int) -> dict[int, dict]:
     return {status: {"description": _MEANINGS[status], "content": _ERROR} for status in statuses}
 
 
+_IMAGE_AND_PROMPTS = {"image": _FILE, "image_id": _IMAGE_ID, "prompt": _TEXTS, "negative": _TEXTS}
 IMAGES_BODY = _body({"image": _FILE}, ["image"])
 SEGMENT_BODY = _body(
     {
-        "image": _FILE,
-        "image_id": _IMAGE_ID,
-        "prompt": _TEXTS,
-        "negative": _TEXTS,
+        **_IMAGE_AND_PROMPTS,
         "threshold": {**_UNIT, "default": 0.4},
-        "format": {"type": "string", "enum": ["json", "png", "soft", "float32"], "default": "json"},
+        "format": {"type": "string", "enum": list(SEGMENT_FORMATS), "default": SEGMENT_FORMATS[0]},
         "support": _FILES,
         "support_mask": _FILES,
     }
 )
 LABELS_BODY = _body(
     {
-        "image": _FILE,
-        "image_id": _IMAGE_ID,
-        "prompt": _TEXTS,
-        "negative": _TEXTS,
+        **_IMAGE_AND_PROMPTS,
         "background_threshold": {**_UNIT, "default": 0.4},
-        "format": {"type": "string", "enum": ["png", "json"], "default": "png"},
+        "format": {"type": "string", "enum": list(LABEL_FORMATS), "default": LABEL_FORMATS[0]},
     },
     ["prompt"],
 )
