@@ -270,3 +270,25 @@ def test_the_page_asks_once_for_the_api_key(tmp_path):
             assert sent.count(f"Bearer {key}") >= 2  # the upload and the prompt carried the key
         finally:
             browser.close()
+
+
+def test_refused_uploads_are_answered_over_a_real_socket(tmp_path):
+    """Refused before its end, a large body is still read, so the client gets to read the answer instead of a
+    connection reset while it is sending."""
+    from clipseg.predictor import Predictor
+    from clipseg.serve import ServeSettings, create_app
+
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    app = create_app(lambda: Predictor(clipseg.load_model(model_dir)), ServeSettings(max_upload_mb=1))
+    payload = os.urandom(6 * 1024 * 1024)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        too_big = client.post("/v1/images", files={"image": ("big.png", payload[: 3 * 1024 * 1024], "image/png")})
+        assert too_big.status_code == 413 and "image: upload larger than 1 MiB" in too_big.json()["error"]
+        huge_body = client.post("/v1/images", files={"image": ("big.png", payload, "image/png")})
+        assert huge_body.status_code == 413 and "request body larger than" in huge_body.json()["error"]
+        unknown_first = client.post(
+            "/v1/images",
+            files=[("typo", ("x", b"x", "text/plain")), ("image", ("big.png", payload[:900_000], "image/png"))],
+        )
+        assert unknown_first.status_code == 422 and "unknown field" in unknown_first.json()["error"]
+        assert client.get("/healthz").status_code == 200

@@ -19,6 +19,8 @@ from .settings import MIB, ServeSettings
 FILE_FIELDS = frozenset({"image", "support", "support_mask"})
 # Text fields may hold a prompt of max_prompt_chars characters of up to 4 UTF-8 bytes each, plus some slack.
 TEXT_FIELD_SLACK = 1024
+# A refused body is read to its end up to this size, so that the client gets to read the answer.
+DRAIN_LIMIT = 512 * 1024 * 1024
 
 
 @dataclass
@@ -51,7 +53,29 @@ async def read_form(
     content_type, options = parse_options_header(headers.get("content-type", ""))
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        if int(declared) <= DRAIN_LIMIT:
+            await _drain(stream)
         raise _too_large_body(settings)
+    try:
+        return await _parse(content_type, options, stream, settings, allowed)
+    except ApiError:
+        await _drain(stream)
+        raise
+
+
+async def _drain(stream: AsyncIterator[bytes]) -> None:
+    """Read (and drop) the rest of a body refused before its end, up to `DRAIN_LIMIT` bytes: a client still
+    sending when the connection closes would see a reset instead of the answer."""
+    received = 0
+    async for chunk in stream:
+        received += len(chunk)
+        if received > DRAIN_LIMIT:
+            return
+
+
+async def _parse(
+    content_type: bytes, options: dict, stream: AsyncIterator[bytes], settings: ServeSettings, allowed: frozenset
+) -> Form:
     if content_type == b"application/x-www-form-urlencoded":
         return _url_encoded(await _read_all(stream, MIB), settings, allowed)
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
@@ -90,8 +114,8 @@ def _url_encoded(body: bytes, settings: ServeSettings, allowed: frozenset[str]) 
     """Text-only requests (an image_id and prompts) may come url-encoded, as plain HTML forms and curl -d send
     them; files need multipart."""
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
-                          max_num_fields=2 * settings.max_prompts + 32)
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=2 * settings.max_prompts + 32)
     except UnicodeDecodeError:
         raise ApiError(422, "url-encoded body is not UTF-8 text") from None
     except ValueError as error:
