@@ -515,3 +515,24 @@ def test_loopback_detection_and_the_refusal_to_serve_openly_without_a_key(model_
 
     result = CliRunner().invoke(cli.app, ["serve", "--model", str(model_dir), "--host", "0.0.0.0"], env={})
     assert result.exit_code == 2 and "--api-key" in result.stderr
+
+
+def test_feature_cache_keeps_both_bounds():
+    import torch
+
+    from clipseg.serve.cache import CachedImage, FeatureCache
+
+    def entry(floats: int) -> CachedImage:  # float32: 4 bytes each, in two layers
+        return CachedImage([torch.zeros(1, floats // 2), torch.zeros(1, floats // 2)], (1, 1))
+
+    cache = FeatureCache(max_images=3, max_bytes=4000)
+    for name in "abc":
+        cache.put(name, entry(250))  # 1000 bytes each
+    assert len(cache) == 3 and cache.nbytes == 3000
+    cache.get("a")  # a is now the most recently used
+    cache.put("d", entry(250))  # the 4th image: the least recently used (b) goes
+    assert [n for n in "abcd" if n in cache] == ["a", "c", "d"]
+    cache.put("e", entry(500))  # 2000 bytes: 5000 > 4000, so the least recently used (c) goes: 4000
+    assert [n for n in "acde" if n in cache] == ["a", "d", "e"] and cache.nbytes == 4000
+    cache.put("huge", entry(1250))  # 5000 bytes alone exceed the bound: not kept, nothing else lost
+    assert "huge" not in cache and cache.nbytes == 4000 and len(cache) == 3

@@ -127,9 +127,16 @@ class Batcher:
                 return
             # Requests that timed out while waiting were cancelled by their handler: skip them.
             live = [work for work in batch if work.future.set_running_or_notify_cancel()]
-            if live:
+            if not live:
+                continue
+            try:
                 self._on_batch(len(live))
                 self._run(live)
+            except Exception as error:  # the worker must outlive any batch: fail what is left, keep going
+                log.exception("batch failed")
+                for work in live:
+                    if not work.future.done():
+                        work.future.set_exception(error)
 
     def _next_batch(self) -> list[Work] | None:
         with self._condition:
