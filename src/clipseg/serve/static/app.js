@@ -110,10 +110,14 @@ async function segment(texts, retried = false) {
     buffer = await (await api("/v1/segment", form)).arrayBuffer();
   } catch (error) {
     if (error.status === 404 && !retried && state.file) {
-      const again = new FormData();
-      again.append("image", state.file, state.file.name || "image");
-      state.imageId = (await (await api("/v1/images", again)).json()).image_id;
-      return segment(texts, true);
+      try {
+        const again = new FormData();
+        again.append("image", state.file, state.file.name || "image");
+        state.imageId = (await (await api("/v1/images", again)).json()).image_id;
+        return segment(texts, true);
+      } catch (uploadError) {
+        error = uploadError;
+      }
     }
     setStatus(error.message, true);
     return;
@@ -137,7 +141,7 @@ function render() {
 // The photo with every pixel at or above the threshold tinted in the colour of its most probable prompt.
 function drawOverlay() {
   const { width, height } = state;
-  if (!width) return;
+  if (!width || !state.base) return;
   ui.result.width = width;
   ui.result.height = height;
   const context = ui.result.getContext("2d");
