@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -68,6 +69,7 @@ class _Service:
     def load(self) -> None:
         try:
             predictor = self.load_predictor()
+            _warm_up(predictor)
             batcher = Batcher(
                 predictor,
                 self.cache,
@@ -121,6 +123,15 @@ class _Service:
 
     async def encode(self, function: Callable, *args: object) -> object:
         return await anyio.to_thread.run_sync(function, *args, limiter=self.encoders)
+
+
+def _warm_up(predictor: Predictor) -> None:
+    """One backbone and one decoder pass before the server says it is ready: the first call of a fresh model
+    pays for one-time set-up (oneDNN kernel selection, allocations) that no user request should wait for."""
+    grey = Image.new("RGB", (predictor.image_size, predictor.image_size), (128, 128, 128))
+    features = predictor.extract_features([grey])
+    conditionals = predictor.encode_prompts(["an object"])
+    predictor.decode(features, conditionals, torch.zeros(1, dtype=torch.long))
 
 
 def create_app(
