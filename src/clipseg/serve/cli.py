@@ -66,7 +66,7 @@ def serve(
     extract_layers: LayersOption = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Requests per model pass.", rich_help_panel=LIMITS)] = 8,
     max_queue: Annotated[
-        int, typer.Option(min=0, help="Requests waiting for the model; more get 503.", rich_help_panel=LIMITS)
+        int, typer.Option(min=1, help="Requests waiting for the model; more get 503.", rich_help_panel=LIMITS)
     ] = 64,
     batch_window_ms: Annotated[
         float, typer.Option(min=0.0, help="Wait this long for requests to batch together.", rich_help_panel=LIMITS)

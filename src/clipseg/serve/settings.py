@@ -46,10 +46,10 @@ class ServeSettings:
     default_threshold: float = DEFAULT_THRESHOLD
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_prompts", "max_prompt_chars", "cache_images"):
+        for name in ("max_batch", "max_queue", "max_prompts", "max_prompt_chars", "cache_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_queue", "batch_window_ms", "cache_mb"):
+        for name in ("batch_window_ms", "cache_mb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("timeout_s", "max_upload_mb"):
