@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from ..predictor import Prediction, Predictor, Prompt
+from ..predictor import Prediction, Predictor
+from ..prompts import Prompt
 from .cache import CachedImage, FeatureCache
 from .errors import ApiError
 

@@ -9,16 +9,17 @@ from typing import Annotated
 
 import typer
 
-from ..cli.common import (
-    DEFAULT_MODEL,
-    EXIT_USAGE,
-    CLIError,
+from ..cli.common import DEFAULT_MODEL, EXIT_USAGE, CLIError, run_command
+from ..cli.options import (
+    Backend,
+    BackendOption,
     ClipOption,
     DebugOption,
+    DeviceOption,
     LayersOption,
+    ModelOption,
     Precision,
     PrecisionOption,
-    run_command,
 )
 
 LIMITS = "Limits"
@@ -36,9 +37,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Hub id, local checkpoint folder, or original .pth decoder file.")
-    ] = DEFAULT_MODEL,
+    model: ModelOption = DEFAULT_MODEL,
     host: Annotated[str, typer.Option(help="Address to listen on; other than loopback needs --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[
@@ -61,7 +60,8 @@ def serve(
         typer.Option(help="Allow browser calls from this origin (CORS is off by default).", rich_help_panel=SECURITY),
     ] = None,
     precision: PrecisionOption = Precision.fp32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Model")] = "auto",
+    backend: BackendOption = Backend.torch,
+    device: DeviceOption = "auto",
     clip: ClipOption = None,
     extract_layers: LayersOption = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Requests per model pass.", rich_help_panel=LIMITS)] = 8,
@@ -133,7 +133,7 @@ def serve(
             from ..predictor import Predictor
 
             loaded = load_engine_or_fail(
-                model, precision=precision, device=device, clip=clip, extract_layers=extract_layers
+                model, backend=backend, precision=precision, device=device, clip=clip, extract_layers=extract_layers
             )
             return Predictor(loaded)
 

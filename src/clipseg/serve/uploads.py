@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from ..image import ImageLoadError, ImageTooLargeError, NotAnImageError, decode_image_bytes, load_image
-from ..predictor import ImagePrompt
+from ..prompts import ImagePrompt
 from ..visual_prompt import DEFAULT_VARIANT
 from .errors import ApiError
 
