@@ -10,13 +10,6 @@ if [ ! -e /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1 &
     || echo "note: could not install wordnet-base (WordNet class removal will be unavailable)" >&2
 fi
 
-# Chromium for the page's browser tests (Playwright drives Debian's package; its own browser download needs the
-# internet). Tests skip with a reason where it is missing.
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "note: could not install chromium (the browser tests of the page will be skipped)" >&2
-fi
-
 # torch first, pinned to the CPU build available here: a looser spec can pull a multi-GB CUDA build.
 # On other machines any torch >= 2.1 for your platform works: install it before running this script.
 "$PYTHON" -c "import torch" 2>/dev/null || "$PYTHON" -m pip install -q "torch==2.13.0"
