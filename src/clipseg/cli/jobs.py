@@ -40,7 +40,7 @@ Failure = tuple[str, str]  # (input, reason)
 class Job:
     """One input image and the files it should produce."""
 
-    source: Path
+    source: Path | str  # a path, or a URI as given in a --manifest-in list
     stem: Path  # output folder / sanitised image name, without suffix
     # (kind, prompt index or None for one file per image) -> path
     files: dict[tuple[str, int | None], Path] = field(default_factory=dict)
@@ -52,10 +52,22 @@ class Job:
         return all(path.exists() for path in self.files.values())
 
 
-def plan_jobs(arguments: Sequence[Path], output: Path, console: Console) -> tuple[list[Job], list[Failure]]:
+def plan_jobs(
+    arguments: Sequence[Path], output: Path, console: Console, listed: Sequence[str] = ()
+) -> tuple[list[Job], list[Failure]]:
     """Find the images named or inside the folders (recursively, hidden entries and the output folder skipped) and
-    give each a unique sanitised output stem that mirrors its place below the folder it was found in."""
+    give each a unique sanitised output stem that mirrors its place below the folder it was found in. The `listed`
+    sources of a --manifest-in list (paths or URIs, checked when loaded) follow, each named after its file."""
+    from ..batch.sources import is_uri
+
     found, failures = find_images(arguments, output, console)
+    seen = {path.resolve() for path, _ in found}
+    for text in listed:
+        source: Path | str = text if is_uri(text) else Path(text)
+        key = source if isinstance(source, str) else source.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((source, ()))
     stems = unique_stems(found)
     return [Job(path, stem) for (path, _), stem in zip(found, stems, strict=True)], failures
 
@@ -98,15 +110,16 @@ def find_images(
     return found, failures
 
 
-def unique_stems(found: Sequence[tuple[Path, tuple[str, ...]]]) -> list[Path]:
+def unique_stems(found: Sequence[tuple[Path | str, tuple[str, ...]]]) -> list[Path]:
     """Sanitised output stems (folders / name, no suffix), unique without regard to case.
 
     Images whose names collide (photo.jpg and photo.png) get their suffix appended (photo_jpg, photo_png); stems
     that still collide (the sanitised names of "a b.jpg" and "a_b.jpg") get a hash of the image's full path."""
+    from ..batch.sources import source_name
     from ..outputs import safe_name
 
-    def stem_for(path: Path, folders: tuple[str, ...], extra: str = "") -> Path:
-        name = safe_name(path.stem + extra, fallback="image")
+    def stem_for(path: Path | str, folders: tuple[str, ...], extra: str = "") -> Path:
+        name = safe_name(source_name(str(path))[0] + extra, fallback="image")
         return Path(*(safe_name(folder, fallback="folder") for folder in folders), name)
 
     def colliding(stems: list[Path]) -> set[int]:
@@ -118,10 +131,11 @@ def unique_stems(found: Sequence[tuple[Path, tuple[str, ...]]]) -> list[Path]:
     stems = [stem_for(path, folders) for path, folders in found]
     for index in colliding(stems):
         path, folders = found[index]
-        stems[index] = stem_for(path, folders, f"_{path.suffix.lstrip('.')}")
+        stems[index] = stem_for(path, folders, f"_{source_name(str(path))[1].lstrip('.')}")
     for index in colliding(stems):
         path, _ = found[index]
-        stems[index] = stems[index].with_name(f"{stems[index].name}-{_digest(str(path.resolve()))}")
+        identity = path if isinstance(path, str) else str(path.resolve())  # a URI is its own identity
+        stems[index] = stems[index].with_name(f"{stems[index].name}-{_digest(identity)}")
     return stems
 
 

@@ -86,8 +86,8 @@ def labels(
             ],
         }
 
-        def write(job: Job, image: Image.Image, prediction: Prediction) -> int:
-            return _write_labels(job, image, prediction, background_threshold, overwrite)
+        def write(job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
+            return _write_labels(job, image, prediction, background_threshold, overwrite), []
 
         prepare_output(output)
         save_json(legend, output / LEGEND_NAME)  # rewritten each run: cheap, and always matches the prompts

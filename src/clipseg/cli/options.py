@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from ..batch.engines import ENGINES
 from ..number_formats import PRECISIONS
 from ..templates import TEMPLATES
 
@@ -25,6 +26,7 @@ def _choices(name: str, values: Iterable[str], doc: str) -> type[Enum]:
 
 Precision = _choices("Precision", PRECISIONS, "Number format of inference (`clipseg.precision.apply_precision`).")
 TemplateSet = _choices("TemplateSet", TEMPLATES, "The paper's text prompt templates (`clipseg.templates`).")
+Engine = _choices("Engine", ENGINES, "Where `clipseg segment` runs the model (`clipseg.batch.engines`).")
 
 
 class OutputFormat(str, Enum):
@@ -191,5 +193,56 @@ BackgroundThresholdOption = Annotated[
     float,
     typer.Option(
         "--background-threshold", "-t", min=0.0, max=1.0, help="Pixels where no prompt reaches this are background."
+    ),
+]
+
+# `clipseg segment` only: collections, and where they run (`clipseg.batch`).
+OptionalInputsArgument = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Image files and folders (searched recursively); optional with --manifest-in.",
+        metavar="[IMAGES_OR_DIRS]...",
+        show_default=False,
+    ),
+]
+ManifestInOption = Annotated[
+    str | None,
+    typer.Option(
+        "--manifest-in",
+        help="CSV or Parquet file whose 'path' column lists images (paths or URIs such as s3://bucket/a.jpg).",
+        show_default=False,
+        rich_help_panel="Collections",
+    ),
+]
+ManifestOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="Also write a Parquet table: one row per image and prompt (mask file, COCO RLE, area, ...).",
+        show_default=False,
+        rich_help_panel="Collections",
+    ),
+]
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        help="local: this process; ray: a Ray cluster (needs the ray extra of clipseg).", rich_help_panel="Collections"
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one.",
+        show_default=False,
+        rich_help_panel="Collections",
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Model actors with --engine ray; default: one per GPU, else one per 2 CPUs.",
+        show_default=False,
+        rich_help_panel="Collections",
     ),
 ]

@@ -1,9 +1,12 @@
 """The run loop the image commands share: load the model once, segment the jobs in batches, report each bad input
-as one line and keep going, print a summary. torch, numpy and PIL are imported only when a run starts."""
+as one line and keep going, print a summary. The batches run in this process or on Ray (`clipseg.batch`), through
+the same loader and writer. torch, numpy and PIL are imported only when a run starts."""
 
 from __future__ import annotations
 
-import traceback
+import functools
+import itertools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -11,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ..batch.ray_engine import RayEngineError
+from ..batch.sources import source_name
 from ..messages import shorten
 from .common import (
     EXIT_FAILURES,
@@ -18,7 +23,6 @@ from .common import (
     EXIT_USAGE,
     CLIError,
     load_engine_or_fail,
-    one_line,
     print_line,
 )
 from .jobs import Failure, Job
@@ -28,13 +32,15 @@ if TYPE_CHECKING:
     from PIL import Image
     from rich.console import Console
 
-    from ..predictor import Prediction, Predictor
+    from ..batch.manifest import ManifestWriter
+    from ..batch.work import Outcome
+    from ..predictor import Prediction
     from ..prompts import Prompt
 
 MAX_LISTED_FAILURES = 50
 
-# Writes a job's files from its image and prediction; returns how many files it wrote.
-Writer = Callable[[Job, "Image.Image", "Prediction"], int]
+# Writes a job's files from its image and prediction; returns (files written, manifest rows).
+Writer = Callable[[Job, "Image.Image", "Prediction"], tuple[int, list[dict]]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,16 @@ class RunSettings:
     def from_arguments(cls, command: str, arguments: Mapping[str, Any]) -> RunSettings:
         """The settings of `command`, taken by name from its arguments (a command passes its `locals()`)."""
         return cls(command=command, **{f.name: arguments[f.name] for f in fields(cls) if f.name != "command"})
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Where the model runs (--engine, --ray-address, --workers) and the pixel limit its image loaders apply."""
+
+    name: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    max_pixels: int | None = None
 
 
 @dataclass
@@ -102,22 +118,94 @@ def run_jobs(
     negatives: Sequence[str],
     write: Writer,
     settings: RunSettings,
+    engine: EngineSettings = EngineSettings(),
+    manifest: ManifestWriter | None = None,
 ) -> int:
-    """Segment the jobs whose outputs are missing (all with --overwrite), print the summary; returns the exit
-    status."""
+    """Segment the jobs whose outputs (and manifest rows) are missing (all with --overwrite), print the summary;
+    returns the exit status."""
+    from ..fileio import remove_stale_temporaries
+
     summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
     for source, reason in failures:
         print_line(console, f"error: {source}: {reason}")
     if not jobs and not failures:
         raise CLIError("no images to segment", EXIT_USAGE)
-    todo = [job for job in jobs if settings.overwrite or not job.done()]
+    if manifest is not None:
+        manifest.add(manifest.failure(source, reason) for source, reason in failures)
+    todo = [job for job in jobs if settings.overwrite or not _done(job, manifest)]
     summary.skipped = len(jobs) - len(todo)
-    if not todo:
-        return _finish(summary, output, settings.command)
-    from ..predictor import Predictor
+    try:
+        if todo:
+            _segment(todo, console, prompts, negatives, write, settings, engine, summary, manifest)
+    except KeyboardInterrupt:
+        if manifest is not None:
+            manifest.flush()
+        print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
+        _print_summary(summary, output, settings.command)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if manifest is not None:
+        manifest.close([str(job.source) for job in jobs] + [source for source, _ in failures])
+    # Again at the end: a killed run's Ray workers may have outlived the start of this one.
+    remove_stale_temporaries(output)
+    return _finish(summary, output, settings.command)
+
+
+def _done(job: Job, manifest: ManifestWriter | None) -> bool:
+    return job.done() and (manifest is None or manifest.finished(str(job.source)))
+
+
+def _segment(
+    todo: list[Job],
+    console: Console,
+    prompts: Sequence[Prompt],
+    negatives: Sequence[str],
+    write: Writer,
+    settings: RunSettings,
+    engine: EngineSettings,
+    summary: Summary,
+    manifest: ManifestWriter | None,
+) -> None:
+    """Run the jobs in batches of --batch-size on the chosen engine, recording each image's outcome."""
+    from ..batch.engines import run_batches
     from ..progress import progress_bar
 
-    loaded = load_engine_or_fail(
+    batches = [todo[start : start + settings.batch_size] for start in range(0, len(todo), settings.batch_size)]
+    outcomes = run_batches(
+        batches,
+        engine=engine.name,
+        source_of=_source,
+        load=functools.partial(_load_limited, engine.max_pixels),
+        # Built where the model runs (in each Ray actor): only picklable things go in, no console there.
+        make_predict=functools.partial(
+            _make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
+        ),
+        write=write,
+        ray_address=engine.ray_address,
+        workers=engine.workers,
+    )
+    try:
+        # The first outcome comes after the model has loaded (with its own spinner) or Ray has started.
+        first = next(outcomes, None)
+        with progress_bar(console=console, disable=not console.is_terminal) as progress:
+            task = progress.add_task("segmenting", total=len(todo))
+            for outcome in itertools.chain([] if first is None else [first], outcomes):
+                _record(outcome, summary, manifest, console, settings.debug)
+                progress.update(task, advance=1, description=shorten(source_name(_source(outcome.job))[0], 30))
+    except RayEngineError as error:
+        raise CLIError(str(error)) from None
+
+
+def _source(job: Job) -> str:
+    return str(job.source)
+
+
+def _make_predict(
+    settings: RunSettings, prompts: list[Prompt], negatives: list[str], console: Console | None
+) -> Callable[[list[Image.Image]], list[Prediction]]:
+    """Load the model and return the function that runs it over a batch of images with the run's prompts."""
+    from ..predictor import Predictor
+
+    model = load_engine_or_fail(
         settings.model,
         backend=settings.backend,
         precision=settings.precision,
@@ -126,72 +214,35 @@ def run_jobs(
         extract_layers=settings.extract_layers,
         console=console,
     )
-    predictor = Predictor(loaded)
-    predict_options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
-    try:
-        with progress_bar(console=console, disable=not console.is_terminal) as progress:
-            task = progress.add_task("segmenting", total=len(todo))
-            for start in range(0, len(todo), settings.batch_size):
-                batch = todo[start : start + settings.batch_size]
-                progress.update(task, description=shorten(batch[0].source.name, 30))
-                _run_batch(
-                    batch, predictor, prompts, negatives, predict_options, write, summary, console, settings.debug
-                )
-                progress.advance(task, len(batch))
-    except KeyboardInterrupt:
-        print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
-        _print_summary(summary, output, settings.command)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    return _finish(summary, output, settings.command)
+    predictor = Predictor(model)
+    options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
+    return lambda images: predictor.predict_batch(images, prompts, negative=negatives, **options)
 
 
-def _run_batch(
-    batch: list[Job],
-    predictor: Predictor,
-    prompts: Sequence[Prompt],
-    negatives: Sequence[str],
-    predict_options: dict,
-    write: Writer,
-    summary: Summary,
-    console: Console,
-    debug: bool,
+def _record(
+    outcome: Outcome[Job], summary: Summary, manifest: ManifestWriter | None, console: Console, debug: bool
 ) -> None:
-    from ..image import load_image
-
-    def fail(job: Job, error: BaseException) -> None:
-        reason = (
-            one_line(error)
-            if isinstance(error, (OSError, ValueError))
-            else f"{type(error).__name__}: {one_line(error)}"
-        )
-        reason = reason if str(job.source) in reason else f"{job.source}: {reason}"
-        summary.failures.append((str(job.source), reason.removeprefix(f"{job.source}: ")))
-        print_line(console, f"error: {reason}")
-        if debug:
-            traceback.print_exc()
-
-    loaded: list[tuple[Job, Image.Image]] = []
-    for job in batch:
-        try:
-            loaded.append((job, load_image(job.source)))
-        except Exception as error:  # every unreadable file is reported and skipped, the run goes on
-            fail(job, error)
-    if not loaded:
+    source = _source(outcome.job)
+    if outcome.error is None:
+        summary.segmented += 1
+        summary.files_written += outcome.files_written
+        if manifest is not None:
+            manifest.add(outcome.rows)
         return
-    try:
-        predictions = predictor.predict_batch(
-            [image for _, image in loaded], list(prompts), negative=list(negatives), **predict_options
-        )
-    except Exception as error:
-        for job, _ in loaded:
-            fail(job, error)
-        return
-    for (job, image), prediction in zip(loaded, predictions, strict=True):
-        try:
-            summary.files_written += write(job, image, prediction)
-            summary.segmented += 1
-        except Exception as error:
-            fail(job, error)
+    summary.failures.append((source, outcome.error))
+    print_line(console, f"error: {source}: {outcome.error}")
+    if debug and outcome.trace:
+        print(outcome.trace, file=sys.stderr, end="")
+    if manifest is not None:
+        manifest.add([manifest.failure(source, outcome.error)])
+
+
+def _load_limited(max_pixels: int | None, source: str) -> Image.Image:
+    """`load_source` under --max-pixels (set again here: Ray's workers are other processes)."""
+    from ..batch.sources import load_source
+
+    limit_pixels(max_pixels)
+    return load_source(source)
 
 
 def _finish(summary: Summary, output: Path, command: str) -> int:
@@ -224,3 +275,4 @@ def _print_summary(summary: Summary, output: Path, command: str) -> None:
         if len(summary.failures) > MAX_LISTED_FAILURES:
             failed.add_row(f"… and {len(summary.failures) - MAX_LISTED_FAILURES} more", "")
         console.print(failed)
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,24 +17,29 @@ from .options import (
     DebugOption,
     DeviceOption,
     DilateOption,
+    Engine,
+    EngineOption,
     EnsembleOption,
     ErodeOption,
     FeatherOption,
     FormatOption,
-    InputsArgument,
     InvertOption,
     LayersOption,
+    ManifestInOption,
+    ManifestOption,
     MaxPixelsOption,
     MinAreaOption,
     MixOption,
     ModelOption,
     NegativeOption,
+    OptionalInputsArgument,
     OutputFormat,
     OutputOption,
     OverwriteOption,
     Precision,
     PrecisionOption,
     PromptOption,
+    RayAddressOption,
     SupportMaskOption,
     SupportNameOption,
     SupportOption,
@@ -41,11 +48,14 @@ from .options import (
     ThresholdOption,
     UnionOption,
     VisualPromptOption,
+    WorkersOption,
 )
-from .runner import RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
+from .runner import EngineSettings, RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from ..batch.manifest import ManifestWriter
 
     from ..postprocess import MaskOptions
     from ..predictor import Prediction
@@ -53,8 +63,8 @@ if TYPE_CHECKING:
 
 
 def segment(
-    inputs: InputsArgument,
     output: OutputOption,
+    inputs: OptionalInputsArgument = None,
     prompt: PromptOption = None,
     negative: NegativeOption = None,
     support: SupportOption = None,
@@ -81,6 +91,11 @@ def segment(
     batch_size: BatchOption = 4,
     overwrite: OverwriteOption = False,
     max_pixels: MaxPixelsOption = None,
+    manifest_in: ManifestInOption = None,
+    manifest: ManifestOption = None,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Segment images from text prompts and/or an image prompt: one mask per image and prompt.
@@ -102,19 +117,30 @@ def segment(
         except ValueError as error:
             raise CLIError(one_line(error), EXIT_USAGE) from None
         limit_pixels(max_pixels)
+        run_engine = _engine(engine, ray_address, workers, max_pixels)
         console = stderr_console()
         image_prompt = _image_prompt(support, support_mask, support_name, visual_prompt)
         prompts, names = _combine(texts, image_prompt, mix)
         entry_names = [" or ".join(names)] if union else names
-        jobs, failures = plan_jobs(inputs, output, console)
+        jobs, failures = plan_jobs(inputs or [], output, console, listed=_listed_sources(manifest_in))
         plan_segment_outputs(jobs, output, formats, entry_names)
         prepare_output(output)
+        rows = None if manifest is None else RowSettings(output, model, formats, entry_names)
 
-        def write(job: Job, image: Image.Image, prediction: Prediction) -> int:
-            return _write_segmentation(job, image, prediction, formats, options, union, entry_names, overwrite)
+        def write(job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
+            return _write_segmentation(job, image, prediction, formats, options, union, entry_names, overwrite, rows)
 
         return run_jobs(
-            jobs, failures, output, console, prompts=prompts, negatives=negatives, write=write, settings=settings
+            jobs,
+            failures,
+            output,
+            console,
+            prompts=prompts,
+            negatives=negatives,
+            write=write,
+            settings=settings,
+            engine=run_engine,
+            manifest=_manifest_writer(manifest, entry_names, model, threshold, overwrite),
         )
 
     exit_with(run_command(body, debug=debug))
@@ -162,7 +188,10 @@ def _write_segmentation(
     union: bool,
     entry_names: list[str],
     overwrite: bool,
-) -> int:
+    rows: RowSettings | None = None,
+) -> tuple[int, list[dict]]:
+    """Write the job's missing files (all with `overwrite`); returns (files written, manifest rows: with `rows`,
+    one per prompt whether or not its files were written now)."""
     from ..outputs import (
         cutout,
         heatmap_overlay,
@@ -180,16 +209,20 @@ def _write_segmentation(
     colours = label_colours(len(entry_names))
     rle_path = job.files.get((OutputFormat.rle.value, None))
     want_rle = rle_path is not None and (overwrite or not rle_path.exists())
+    manifest_rows = []
     for index, name in enumerate(entry_names):
         planned = [(fmt, job.files[(fmt.value, index)]) for fmt in per_entry]
         todo = [(fmt, path) for fmt, path in planned if overwrite or not path.exists()]
-        if not todo and not want_rle:
+        if not todo and not want_rle and rows is None:
             continue
         probabilities = (prediction.union_probability() if union else prediction.probability(index)).numpy()
         binary = options.binary(probabilities)
         alpha = options.apply(probabilities) if options.feather > 0 else binary
-        if want_rle:
-            annotations.append(rle_annotation(binary, probabilities, prompt=name, threshold=options.threshold))
+        if want_rle or rows is not None:
+            annotation = rle_annotation(binary, probabilities, prompt=name, threshold=options.threshold)
+            annotations.append(annotation)
+            if rows is not None:
+                manifest_rows.append(rows.row(job, index, annotation, image))
         for fmt, path in todo:
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == OutputFormat.mask:
@@ -208,4 +241,66 @@ def _write_segmentation(
         record = {"image": str(job.source), "height": image.height, "width": image.width, "annotations": annotations}
         save_json(record, rle_path)
         written += 1
-    return written
+    return written, manifest_rows
+
+
+@dataclass(frozen=True)
+class RowSettings:
+    """What a manifest row of `clipseg segment` needs besides the image and its annotation."""
+
+    output: Path
+    model: str
+    formats: list[OutputFormat]
+    entry_names: list[str]
+
+    def row(self, job: Job, index: int, annotation: dict, image: Image.Image) -> dict:
+        from ..batch.manifest import success_row
+
+        # The file named in the `mask` column: the mask if written, else the first per-prompt file, else the RLE.
+        kinds = sorted(self.formats, key=lambda fmt: (fmt != OutputFormat.mask, fmt == OutputFormat.rle))
+        kind = kinds[0]
+        path = job.files[(kind.value, None if kind == OutputFormat.rle else index)]
+        mask = path.relative_to(self.output).as_posix()
+        name = self.entry_names[index]
+        return success_row(str(job.source), name, mask, annotation, image.width, image.height, model=self.model)
+
+
+def _engine(engine: Engine, address: str | None, workers: int | None, max_pixels: int | None) -> EngineSettings:
+    if engine == Engine.ray:
+        try:
+            with warnings.catch_warnings():  # Ray's own deprecation notices are not the user's business
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import ray.data  # noqa: F401 (checked here so that a missing extra is one line, not a traceback)
+        except ImportError:
+            raise CLIError("--engine ray needs Ray Data: pip install 'clipseg[ray]'") from None
+    elif address is not None or workers is not None:
+        raise CLIError("--ray-address and --workers apply to --engine ray", EXIT_USAGE)
+    return EngineSettings(engine.value, address, workers, max_pixels)
+
+
+def _listed_sources(manifest_in: str | None) -> list[str]:
+    if manifest_in is None:
+        return []
+    from ..batch.sources import read_source_list
+
+    try:
+        return read_source_list(manifest_in)
+    except ImportError:
+        raise CLIError("--manifest-in needs pyarrow: pip install 'clipseg[ray]'") from None
+    except (ValueError, OSError) as error:
+        raise CLIError(f"--manifest-in {one_line(error)}", EXIT_USAGE) from None
+
+
+def _manifest_writer(
+    path: Path | None, prompts: list[str], model: str, threshold: float, overwrite: bool
+) -> ManifestWriter | None:
+    if path is None:
+        return None
+    try:
+        from ..batch.manifest import ManifestWriter
+    except ImportError:
+        raise CLIError("--manifest needs pyarrow: pip install 'clipseg[ray]'") from None
+    try:
+        return ManifestWriter(path, prompts, model=model, threshold=threshold, resume=not overwrite)
+    except (ValueError, OSError) as error:
+        raise CLIError(f"--manifest {path}: {one_line(error)}") from None
