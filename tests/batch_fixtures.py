@@ -23,6 +23,14 @@ def model_dir(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def pixel_limit_restored():
+    """--max-pixels sets Pillow's limit for the whole process (the tests run the CLI in-process): restore it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = limit
+
+
 def synthetic_image(seed: int, size: tuple[int, int]) -> Image.Image:
     """A gradient background with a few filled ellipses and rectangles."""
     rng = np.random.default_rng(seed)

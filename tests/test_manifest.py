@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from batch_fixtures import BOMB_NAME, MAX_PIXELS, make_collection, model_dir, output_files  # noqa: F401 (fixture)
+from batch_fixtures import (  # noqa: F401 (fixtures: model_dir, pixel_limit_restored)
+    BOMB_NAME,
+    MAX_PIXELS,
+    make_collection,
+    model_dir,
+    output_files,
+    pixel_limit_restored,
+)
 from PIL import Image
 from pycocotools import mask as coco_mask
 from typer.testing import CliRunner

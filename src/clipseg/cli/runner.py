@@ -68,12 +68,11 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Where the model runs (--engine, --ray-address, --workers) and the pixel limit its image loaders apply."""
+    """Where the model runs: --engine, --ray-address, --workers."""
 
     name: str = "local"
     ray_address: str | None = None
     workers: int | None = None
-    max_pixels: int | None = None
 
 
 @dataclass
@@ -166,6 +165,8 @@ def _segment(
     manifest: ManifestWriter | None,
 ) -> None:
     """Run the jobs in batches of --batch-size on the chosen engine, recording each image's outcome."""
+    from PIL import Image
+
     from ..batch.engines import run_batches
     from ..progress import progress_bar
 
@@ -174,7 +175,8 @@ def _segment(
         batches,
         engine=engine.name,
         source_of=_source,
-        load=functools.partial(_load_limited, engine.max_pixels),
+        # Pillow's decompression-bomb limit as this process has it (--max-pixels), for loaders in other processes.
+        load=functools.partial(_load_with_pixel_limit, Image.MAX_IMAGE_PIXELS),
         # Built where the model runs (in each Ray actor): only picklable things go in, no console there.
         make_predict=functools.partial(
             _make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
@@ -237,11 +239,13 @@ def _record(
         manifest.add([manifest.failure(source, outcome.error)])
 
 
-def _load_limited(max_pixels: int | None, source: str) -> Image.Image:
-    """`load_source` under --max-pixels (set again here: Ray's workers are other processes)."""
+def _load_with_pixel_limit(pixel_limit: int | None, source: str) -> Image.Image:
+    """`load_source` under the driver's pixel limit (set here too: Ray's workers are other, long-lived processes)."""
+    from PIL import Image
+
     from ..batch.sources import load_source
 
-    limit_pixels(max_pixels)
+    Image.MAX_IMAGE_PIXELS = pixel_limit
     return load_source(source)
 
 

@@ -117,7 +117,7 @@ def segment(
         except ValueError as error:
             raise CLIError(one_line(error), EXIT_USAGE) from None
         limit_pixels(max_pixels)
-        run_engine = _engine(engine, ray_address, workers, max_pixels)
+        run_engine = _engine(engine, ray_address, workers)
         console = stderr_console()
         image_prompt = _image_prompt(support, support_mask, support_name, visual_prompt)
         prompts, names = _combine(texts, image_prompt, mix)
@@ -265,7 +265,7 @@ class RowSettings:
         return success_row(str(job.source), name, mask, annotation, image.width, image.height, model=self.model)
 
 
-def _engine(engine: Engine, address: str | None, workers: int | None, max_pixels: int | None) -> EngineSettings:
+def _engine(engine: Engine, address: str | None, workers: int | None) -> EngineSettings:
     if engine == Engine.ray:
         try:
             with warnings.catch_warnings():  # Ray's own deprecation notices are not the user's business
@@ -275,7 +275,7 @@ def _engine(engine: Engine, address: str | None, workers: int | None, max_pixels
             raise CLIError("--engine ray needs Ray Data: pip install 'clipseg[ray]'") from None
     elif address is not None or workers is not None:
         raise CLIError("--ray-address and --workers apply to --engine ray", EXIT_USAGE)
-    return EngineSettings(engine.value, address, workers, max_pixels)
+    return EngineSettings(engine.value, address, workers)
 
 
 def _listed_sources(manifest_in: str | None) -> list[str]:
