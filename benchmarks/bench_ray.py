@@ -132,8 +132,6 @@ def main() -> None:
     parser.add_argument("--concurrent", action="store_true", help="run both engines at the same time (shared host)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    # On a loaded host Ray's node can take more than its default minute to come up.
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
     import torch
 
     cpus = os.cpu_count() or 1
