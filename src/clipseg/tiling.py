@@ -8,7 +8,8 @@ the photo:
 - Scale ``s`` covers the longer image side with ``s`` square windows overlapping by `overlap` of their side (the
   shorter side with as many as it needs). A window is never smaller than the model input (no upsampling beyond
   the photo's own pixels) nor larger than the shorter image side; a scale whose window would cover the whole image
-  is the global pass again and is skipped, so a 352x352 image gives exactly the global result.
+  is the global pass again and is skipped; an image that fits the model input (352x352) needs no tiles and
+  gives exactly the global result.
 - Within a scale, windows are blended with weights that fall smoothly to zero across the overlap (but not at the
   image border) and are normalised to sum to one at every pixel.
 - Scales and the global pass are averaged (the global pass with weight `global_weight`), then **gated**: a pixel's
@@ -122,8 +123,10 @@ def axis_starts(length: int, side: int, overlap: float) -> list[int]:
 
 def plan_tiles(height: int, width: int, options: TileOptions, *, tile_size: int) -> list[Tile]:
     """The windows of every scale for an image of `height` x `width`; empty when no scale needs windows smaller
-    than the image (then tiling is the global pass)."""
+    than the image, or the image fits the model input (then tiling is the global pass)."""
     tiles: list[Tile] = []
+    if max(height, width) <= tile_size:
+        return tiles
     seen_sides: set[int] = set()
     for scale in options.scales:
         side = window_side(height, width, scale, options.overlap, tile_size)
