@@ -169,3 +169,30 @@ def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(MissingExtraError, match=r"clipseg\[refine\]"):
         refine(probabilities, image)
+
+
+def test_a_refined_prediction_refines_every_map_and_what_derives_from_them() -> None:
+    from predictor_fixtures import photo, tiny_model
+
+    from clipseg.predictor import Predictor
+
+    image = photo("coffee")  # 400x600
+    predictor = Predictor(tiny_model())
+    predictor.set_image(image)
+    plain = predictor.predict(["a cup", "a spoon"], negative="a table")
+    refined = plain.refined(image, radius=0.03)
+    for index in range(2):
+        expected = refine(plain.probability(index), image, radius=0.03)  # negatives applied before refining
+        torch.testing.assert_close(refined.probability(index), expected)
+        torch.testing.assert_close(refined.probabilities[index], expected)
+    assert torch.equal(refined.masks(0.5), refined.probabilities >= 0.5)
+    assert torch.equal(refined.union_probability(), refined.probabilities.max(dim=0).values)
+    best = refined.probabilities.argmax(dim=0) + 1
+    expected_labels = torch.where(refined.probabilities.max(dim=0).values >= 0.4, best, 0)
+    assert torch.equal(refined.label_map(0.4), expected_labels)
+    with pytest.raises(ValueError, match="unknown refine method"):
+        plain.refined(image, method="crf")
+    with pytest.raises(ValueError, match="unknown option 'radiu'"):
+        plain.refined(image, radiu=3)
+    with pytest.raises(ValueError, match="600x400 image"):
+        plain.refined(image[:200])

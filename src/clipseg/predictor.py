@@ -19,9 +19,10 @@ from __future__ import annotations
 import random
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,8 @@ class Prediction:
         image_size: (H, W) of the original image (after EXIF orientation).
 
     Probabilities are computed at the original size on first use: logits upsampled bilinearly, then sigmoid,
-    then the negative prompts applied (see the module docstring).
+    then the negative prompts applied (see the module docstring), then, for a `refined` prediction, each map
+    refined with the photo as guide.
     """
 
     names: tuple[str, ...]
@@ -66,6 +68,8 @@ class Prediction:
     negative_logits: torch.Tensor
     image_size: tuple[int, int]
     _negative_factor: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _refiner: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _refined: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -74,12 +78,37 @@ class Prediction:
         """(H, W) float32 probability map of prompt `index`, negatives applied."""
         if "probabilities" in self.__dict__:
             return self.probabilities[index]
+        if self._refiner is not None:
+            if index not in self._refined:
+                plain = self._with_negatives(self._full_size_probabilities(self.logits[index : index + 1]))[0]
+                self._refined[index] = self._refiner(plain)
+            return self._refined[index]
         return self._with_negatives(self._full_size_probabilities(self.logits[index : index + 1]))[0]
 
     @cached_property
     def probabilities(self) -> torch.Tensor:
         """(P, H, W) float32 probabilities in [0, 1] at the original image size, negatives applied."""
+        if self._refiner is not None:
+            return torch.stack([self.probability(index) for index in range(len(self.names))])
         return self._with_negatives(self._full_size_probabilities(self.logits))
+
+    def refined(self, image: ImageInput, method: str = "guided", **options: Any) -> Prediction:
+        """This prediction with every probability map refined by `clipseg.refine.refine` (negatives applied
+        first), `image` being the photo it was made from; masks, unions and label maps follow the refined maps.
+        Maps are refined on first use. Raises ValueError for an unknown method or option, or a photo of another
+        size."""
+        from .refine import check_refine_options, refine
+
+        check_refine_options(method, options)
+        pixels = np.asarray(load_image(image))
+        if pixels.shape[:2] != tuple(self.image_size):
+            raise ValueError(
+                f"image is {pixels.shape[1]}x{pixels.shape[0]} but the prediction is for a "
+                f"{self.image_size[1]}x{self.image_size[0]} image"
+            )
+        result = Prediction(self.names, self.logits, self.negative_logits, self.image_size)
+        result._refiner = lambda probability: refine(probability, pixels, method, **options)
+        return result
 
     def masks(self, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
         """(P, H, W) bool: probability >= threshold. `threshold` is one number for every prompt, a `Thresholds`

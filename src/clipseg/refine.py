@@ -72,6 +72,18 @@ def refine(probabilities: Any, image: ImageInput, method: str = "guided", **opti
             [0, 1], or an image whose size differs from the map's.
         MissingExtraError: OpenCV (the ``refine`` extra) is not installed.
     """
+    settings = check_refine_options(method, options)
+    values, restore = _as_array(probabilities)
+    guide = _guide(image, values.shape)
+    radius = _pixels("radius", settings["radius"], values.shape)
+    refined = guided(
+        values, guide, radius, settings["eps"], settings["iterations"], settings["shrink"], settings["sharpness"]
+    )
+    return restore(refined)
+
+
+def check_refine_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate a refine method and its options (see `refine`); returns every option with defaults filled in."""
     if method not in METHODS:
         raise ValueError(f"unknown refine method {method!r}; choose one of {', '.join(METHODS)}")
     settings = _options(
@@ -85,17 +97,15 @@ def refine(probabilities: Any, image: ImageInput, method: str = "guided", **opti
         },
         f"refine method {method!r}",
     )
-    values, restore = _as_array(probabilities)
-    guide = _guide(image, values.shape)
     _positive("eps", settings["eps"])
     _in_range("shrink", settings["shrink"], 0.0, 1.0)
     _in_range("sharpness", settings["sharpness"], 0.0, math.inf, low_inclusive=True)
     iterations = settings["iterations"]
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
         raise ValueError(f"refine option iterations must be a whole number >= 1, got {iterations!r}")
-    radius = _pixels("radius", settings["radius"], values.shape)
-    refined = guided(values, guide, radius, settings["eps"], iterations, settings["shrink"], settings["sharpness"])
-    return restore(refined)
+    if settings["radius"] <= 0:
+        raise ValueError(f"option radius must be > 0 (pixels, or a fraction of the image side), got {settings['radius']}")
+    return settings
 
 
 def guided(
