@@ -149,6 +149,16 @@ def alpha_matte(probabilities: Any, image: ImageInput, **options: Any) -> Any:
             for `refine`.
         MissingExtraError: pymatting or OpenCV (the ``refine`` extra) is not installed.
     """
+    settings = check_alpha_options(options)
+    values, restore = _as_array(probabilities)
+    guide = _guide(image, values.shape)
+    erode = _pixels("erode", settings["erode"], values.shape, allow_zero=True)
+    trimap = make_trimap(values, settings["foreground"], settings["background"], erode)
+    return restore(matte(trimap, guide, values, settings["max_pixels"]))
+
+
+def check_alpha_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Validate `alpha_matte`'s options; returns every option with defaults filled in."""
     settings = _options(
         options,
         {
@@ -159,8 +169,6 @@ def alpha_matte(probabilities: Any, image: ImageInput, **options: Any) -> Any:
         },
         "alpha_matte",
     )
-    values, restore = _as_array(probabilities)
-    guide = _guide(image, values.shape)
     foreground, background = settings["foreground"], settings["background"]
     _in_range("foreground", foreground, 0.0, 1.0)
     _in_range("background", background, 0.0, 1.0, low_inclusive=True)
@@ -169,9 +177,17 @@ def alpha_matte(probabilities: Any, image: ImageInput, **options: Any) -> Any:
     max_pixels = settings["max_pixels"]
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 64:
         raise ValueError(f"alpha_matte option max_pixels must be a whole number >= 64, got {max_pixels!r}")
-    erode = _pixels("erode", settings["erode"], values.shape, allow_zero=True)
-    trimap = make_trimap(values, foreground, background, erode)
-    return restore(matte(trimap, guide, values, max_pixels))
+    if settings["erode"] < 0:
+        raise ValueError(f"option erode must be >= 0 (pixels, or a fraction of the image side), got {settings['erode']}")
+    return settings
+
+
+def require_extra(*, refine: bool = True, matting: bool = False) -> None:
+    """Raise `MissingExtraError` now if refinement (OpenCV) or matting (pymatting) could not run."""
+    if refine or matting:
+        _cv2()
+    if matting:
+        _pymatting()
 
 
 def make_trimap(probabilities: np.ndarray, foreground: float, background: float, erode: float) -> np.ndarray:
