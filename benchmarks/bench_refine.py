@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from refine_scenes import boundary_f, coarse_mask, iou, make_scene, mse, sad
+from refine_scenes import boundary_f, coarse_mask, cpu_name, iou, make_scene, mse, sad
 
 from clipseg.refine import alpha_matte, refine
 
@@ -90,7 +89,7 @@ def main() -> None:
     parser.add_argument("--skip-matting", action="store_true")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
-    print(f"CPU: {platform.processor() or platform.machine()}; scenes {args.seed}..{args.seed + args.scenes - 1}")
+    print(f"CPU: {cpu_name()}; scenes {args.seed}..{args.seed + args.scenes - 1}")
     print("1. refinement (default options) vs plain bilinear upsampling of the 22x22 average")
     results = {"refinement": bench_refinement(args.scenes, args.seed)}
     mean = results["refinement"]["mean"]

@@ -6,7 +6,7 @@ same kind 4x larger (1408 px) are then segmented with each shape's phrase ("red 
 tiles at several scales, and tiles + `--refine guided`, scored against the exact masks at threshold 0.5 (IoU and
 boundary F-score with 2-pixel tolerance), with seconds per megapixel measured side by side.
 
-    PYTHONPATH=src python benchmarks/bench_tiles.py --work /tmp/tiles --iterations 600 --scenes 8 --json out.json
+    PYTHONPATH=src python benchmarks/bench_tiles.py --work /tmp/tiles --iterations 300 --scenes 6 --json out.json
 
 The trained model is kept in the work directory; a second run with the same --work reuses it.
 """
@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from refine_scenes import boundary_f, iou
+from refine_scenes import boundary_f, cpu_name, iou
 
 import clipseg
 from clipseg.data.synthetic import render_scene, write_phrasecut
@@ -30,9 +29,9 @@ from clipseg.tiling import TileOptions
 
 TRAIN_SIZE = 352
 ARCHITECTURE = {
-    "vision": {"width": 96, "layers": 4, "heads": 2, "mlp_width": 192, "patch_size": 16, "image_size": 352, "output_dim": 64},
+    "vision": {"width": 64, "layers": 3, "heads": 2, "mlp_width": 128, "patch_size": 16, "image_size": 352, "output_dim": 64},
     "text": {"width": 64, "layers": 2, "heads": 2, "mlp_width": 128, "output_dim": 64},
-    "decoder": {"reduce_dim": 64, "heads": 4, "mlp_width": 128, "extract_layers": [1, 2, 3]},
+    "decoder": {"reduce_dim": 64, "heads": 4, "mlp_width": 128, "extract_layers": [1, 2]},
 }
 VARIANTS: dict[str, TileOptions | None] = {
     "global": None,
@@ -56,9 +55,9 @@ def train(work: Path, iterations: int, images: int) -> Path:
         "model": {"clip": "random", "architecture": ARCHITECTURE, "dropout": 0.0},
         "data": {"root": str(root), "val": "test", "image_size": TRAIN_SIZE, "prompt_templates": "fixed",
                  "with_visual": False, "negative_prob": 0.2, "num_workers": 1},
-        "optim": {"batch_size": 16, "max_iterations": iterations, "lr": 1e-3, "lr_min": 1e-4, "precision": "fp32"},
-        "run": {"output_dir": str(work / "run"), "device": "cpu", "log_every": 50, "checkpoint_every": iterations,
-                "val_batch_size": 16, "progress": False},
+        "optim": {"batch_size": 8, "max_iterations": iterations, "lr": 1e-3, "lr_min": 1e-4, "precision": "fp32"},
+        "run": {"output_dir": str(work / "run"), "device": "cpu", "log_every": 25, "checkpoint_every": iterations,
+                "val_batch_size": 8, "progress": False},
     })
     start = time.perf_counter()
     result = Trainer(config).train()
@@ -113,14 +112,14 @@ def _score(bucket: dict[str, list[float]], probabilities: np.ndarray, truths: li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="data, training run and model go here")
-    parser.add_argument("--iterations", type=int, default=600)
-    parser.add_argument("--images", type=int, default=400, help="synthetic training images")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--images", type=int, default=200, help="synthetic training images")
     parser.add_argument("--scenes", type=int, default=8, help="test scenes")
     parser.add_argument("--size", type=int, default=4 * TRAIN_SIZE, help="side of the test scenes")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    print(f"CPU: {platform.processor() or platform.machine()}; torch threads {torch.get_num_threads()}")
+    print(f"CPU: {cpu_name()}; torch threads {torch.get_num_threads()}")
     model_dir = train(args.work, args.iterations, args.images)
     print(f"{args.scenes} scenes of {args.size}x{args.size}, each shape's phrase as prompt, threshold 0.5:")
     summary = evaluate(model_dir, args.scenes, args.size, args.seed)

@@ -13,7 +13,9 @@ and the metrics (IoU, boundary F-score with a pixel tolerance, SAD and MSE of al
 from __future__ import annotations
 
 import math
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -35,6 +37,17 @@ class RefineScene:
     @property
     def mask(self) -> np.ndarray:
         return self.alpha >= 0.5
+
+
+def cpu_name() -> str:
+    """The CPU's model name (lscpu / /proc/cpuinfo on Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def coarse_mask(mask: np.ndarray, grid: int = TOKEN_GRID) -> np.ndarray:
