@@ -6,7 +6,7 @@ same kind 4x larger (1408 px) are then segmented with each shape's phrase ("red 
 tiles at several scales, and tiles + `--refine guided`, scored against the exact masks at threshold 0.5 (IoU and
 boundary F-score with 2-pixel tolerance), with seconds per megapixel measured side by side.
 
-    PYTHONPATH=src python benchmarks/bench_tiles.py --work /tmp/tiles --iterations 300 --scenes 6 --json out.json
+    PYTHONPATH=src python benchmarks/bench_tiles.py --work /tmp/tiles --iterations 150 --scenes 4 --json out.json
 
 The trained model is kept in the work directory; a second run with the same --work reuses it.
 """
@@ -52,7 +52,7 @@ def train(work: Path, iterations: int, images: int) -> Path:
     root = write_phrasecut(work / "data", images, seed=0, size=(TRAIN_SIZE, TRAIN_SIZE))
     config = TrainConfig.from_dict({
         "name": "tiles-bench",
-        "model": {"clip": "random", "architecture": ARCHITECTURE, "dropout": 0.0},
+        "model": {"clip": "random", "preset": "rd64", "architecture": ARCHITECTURE, "dropout": 0.0},
         "data": {"root": str(root), "val": "test", "image_size": TRAIN_SIZE, "prompt_templates": "fixed",
                  "with_visual": False, "negative_prob": 0.2, "num_workers": 1},
         "optim": {"batch_size": 8, "max_iterations": iterations, "lr": 1e-3, "lr_min": 1e-4, "precision": "fp32"},
@@ -112,7 +112,7 @@ def _score(bucket: dict[str, list[float]], probabilities: np.ndarray, truths: li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="data, training run and model go here")
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--images", type=int, default=200, help="synthetic training images")
     parser.add_argument("--scenes", type=int, default=8, help="test scenes")
     parser.add_argument("--size", type=int, default=4 * TRAIN_SIZE, help="side of the test scenes")

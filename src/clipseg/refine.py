@@ -233,7 +233,9 @@ def matte(trimap: np.ndarray, guide: np.ndarray, fallback: np.ndarray, max_pixel
     else:
         small_guide, small_trimap = box_guide, box_trimap
     if (small_trimap == 0.5).any() and (small_trimap == 1.0).any() and (small_trimap == 0.0).any():
-        small_alpha = estimate_alpha_cf(small_guide.astype(np.float64), small_trimap.astype(np.float64))
+        # Area resampling can leave colours a rounding error above 1, which pymatting warns about.
+        colours = np.clip(small_guide, 0.0, 1.0).astype(np.float64)
+        small_alpha = estimate_alpha_cf(colours, small_trimap.astype(np.float64))
     else:
         small_alpha = np.clip(small_trimap, 0.0, 1.0)
     alpha = small_alpha.astype(np.float32)
