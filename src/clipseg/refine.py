@@ -23,6 +23,8 @@ first use.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -235,7 +237,9 @@ def matte(trimap: np.ndarray, guide: np.ndarray, fallback: np.ndarray, max_pixel
     if (small_trimap == 0.5).any() and (small_trimap == 1.0).any() and (small_trimap == 0.0).any():
         # Area resampling can leave colours a rounding error above 1, which pymatting warns about.
         colours = np.clip(small_guide, 0.0, 1.0).astype(np.float64)
-        small_alpha = estimate_alpha_cf(colours, small_trimap.astype(np.float64))
+        # pymatting prints a "PERFORMANCE WARNING" when its preconditioner needs a retry; not the user's concern.
+        with contextlib.redirect_stdout(io.StringIO()):
+            small_alpha = estimate_alpha_cf(colours, small_trimap.astype(np.float64))
     else:
         small_alpha = np.clip(small_trimap, 0.0, 1.0)
     alpha = small_alpha.astype(np.float32)
