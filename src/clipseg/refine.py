@@ -29,8 +29,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
-
 from .image import ImageInput, load_image
 
 if TYPE_CHECKING:
@@ -325,7 +323,7 @@ def _guide(image: ImageInput, shape: tuple[int, int]) -> np.ndarray:
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
         pixels = image
     else:
-        pixels = np.asarray(load_image(image) if not isinstance(image, Image.Image) else load_image(image))
+        pixels = np.asarray(load_image(image))
     if pixels.shape[:2] != tuple(shape):
         raise ValueError(
             f"image is {pixels.shape[1]}x{pixels.shape[0]} but the probabilities are {shape[1]}x{shape[0]} "
