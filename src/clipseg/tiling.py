@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Chosen from benchmarks/bench_tiles.py (see the README): 2x2 windows plus the global pass.
+# 2x2 windows plus the global pass at equal weight: the cheapest grid that doubles the resolution (about 3x the
+# global cost). Not yet validated on a model that segments well (see the README, benchmarks/bench_tiles.py).
 DEFAULT_SCALES: tuple[int, ...] = (2,)
 DEFAULT_OVERLAP = 0.25
 DEFAULT_GLOBAL_WEIGHT = 0.5
