@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 
 from ..fileio import UnreadableFileError, atomic_path, read_limited_bytes
 
-__all__ = ["CheckpointError", "declared_state_dict", "read_state_dict", "write_safetensors"]
+__all__ = ["CheckpointError", "declared_state_dict", "load_torch_file", "read_state_dict", "write_safetensors"]
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE_PROTO = 0x80
@@ -179,8 +179,17 @@ def _read_zip_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    return _flat_state_dict(load_torch_file(path), path)
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """A ``torch.save`` file read with ``weights_only=True`` (tensors and primitive containers only). A file that
+    would need unsafe unpickling, or is corrupt, raises a one-line CheckpointError naming it; torch's advice to
+    retry with ``weights_only=False`` is never passed on."""
+    path = Path(path)
+    read_state_dict_head(path)  # a regular file, not a FIFO or device
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
             raise CheckpointError(
@@ -191,7 +200,6 @@ def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"cannot read checkpoint {path}: truncated or corrupt PyTorch checkpoint ({_first_line(error)})"
         ) from None
-    return _flat_state_dict(loaded, path)
 
 
 def _refused_global(error: Exception) -> str:
