@@ -179,7 +179,10 @@ def mask_overlay(
     # 1 x 20,000,000 image, where Pillow's MaxFilter refuses the size) minus the mask itself.
     from scipy import ndimage
 
-    grown = ndimage.maximum_filter(binary, size=2 * thickness + 1, mode="nearest")
+    # A window wider than the image along an axis is the whole axis (mode "nearest"): clip it, or scipy pads
+    # every 1-pixel column of a very wide image to the full window.
+    window = tuple(2 * min(thickness, length - 1) + 1 for length in binary.shape)
+    grown = ndimage.maximum_filter(binary, size=window, mode="nearest")
     outline = Image.fromarray(grown - binary, mode="L")
     fill = mask_image(np.clip(coverage, 0.0, 1.0) * alpha)
     weight = ImageChops.lighter(fill, outline)

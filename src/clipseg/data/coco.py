@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..image import read_image_file
+
 
 @dataclass(frozen=True)
 class CocoImage:
@@ -142,8 +144,7 @@ class CocoInstances:
         path = self.image_path(image_id)
         if not path.is_file():
             raise FileNotFoundError(f"COCO image not found: {path}")
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
+        rgb = read_image_file(path).convert("RGB")
         expected = self.images[image_id]
         if rgb.size != (expected.width, expected.height):
             raise ValueError(

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..image import read_image_file
+
 # Images whose size in the annotations does not match the actual file; the original CLIPSeg code skips them.
 SIZE_MISMATCH_IMAGE_IDS: frozenset[int] = frozenset({
     150417, 285665, 498246, 61564, 285743, 498269, 498010, 150516, 150344, 286093, 61530, 150333, 286065, 285814,
@@ -151,8 +153,7 @@ class PhraseCut:
 
     def load_image(self, index: int) -> Image.Image:
         """The RGB image of task `index`."""
-        with self._open(index) as image:
-            return image.convert("RGB")
+        return read_image_file(self.image_path(self.tasks[index].image_id)).convert("RGB")
 
     def load_mask(self, index: int) -> np.ndarray:
         """The (H, W) bool target mask of task `index`, at the size of its image file."""
