@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 import clipseg
 from clipseg.checkpoints.io import CheckpointError, read_state_dict
 from clipseg.model.config import CLIPSegConfig, ConfigError
-from clipseg.testing import TINY_CONFIG, random_model, random_transformers_clipseg
+from clipseg.testing import random_model, random_transformers_clipseg
 
 SRC = Path(clipseg.__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_fixtures import CrashingDataset, ShapesSource, SimulatedCrash, shapes_dataset, tiny_config
+from training_fixtures import CrashingDataset, ShapesSource, SimulatedCrash, shapes_dataset, tiny_train_config
 from typer.testing import CliRunner
 
 from clipseg.checkpoints.io import CheckpointError
@@ -55,7 +55,7 @@ def _app():
 
 def test_a_bad_sample_is_skipped_with_a_warning_and_counted(tmp_path, caplog):
     dataset = PhraseCutPlus(_BrokenSource({0, 1}), image_size=IMAGE_SIZE, with_visual=False, negative_prob=0.0)
-    trainer = Trainer(tiny_config(tmp_path, optim={"max_iterations": 8}), train_dataset=dataset)
+    trainer = Trainer(tiny_train_config(tmp_path, optim={"max_iterations": 8}), train_dataset=dataset)
     with caplog.at_level(logging.WARNING, logger="clipseg"):
         result = trainer.train()
     assert result.step == 8
@@ -69,7 +69,7 @@ def test_a_bad_sample_is_skipped_with_a_warning_and_counted(tmp_path, caplog):
 
 def test_too_many_bad_samples_stop_the_run_naming_the_limit(tmp_path):
     dataset = PhraseCutPlus(_BrokenSource({0, 1, 2}), image_size=IMAGE_SIZE, with_visual=False, negative_prob=0.0)
-    config = tiny_config(tmp_path, optim={"max_iterations": 8}, data={"max_bad_samples": 1})
+    config = tiny_train_config(tmp_path, optim={"max_iterations": 8}, data={"max_bad_samples": 1})
     with pytest.raises(BadSampleError, match=r"more than data\.max_bad_samples = 1 \(the last: sample \d+: /data/images/"):
         Trainer(config, train_dataset=dataset).train()
 
@@ -91,7 +91,7 @@ def test_corrupt_image_file_of_a_folder_dataset_is_named(tmp_path):
 def test_missing_dataset_is_reported_before_the_model_is_built(tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr("clipseg.training.trainer.build_model", lambda *args, **kwargs: built.append(args))
-    config = tiny_config(tmp_path / "run", data={"root": str(tmp_path / "no-such-dataset")})
+    config = tiny_train_config(tmp_path / "run", data={"root": str(tmp_path / "no-such-dataset")})
     with pytest.raises((FileNotFoundError, ValueError), match="no-such-dataset"):
         Trainer(config)
     assert built == []
@@ -108,8 +108,8 @@ def test_learning_rate_errors_name_the_wrong_key(value, key):
 def test_resumed_run_logs_the_same_averages_as_an_uninterrupted_one(tmp_path):
     # Records every 4 steps, checkpoints every 3: the record of step 4 averages steps 1..4 across the resume.
     settings = {"optim": {"max_iterations": 8}, "run": {"log_every": 4, "checkpoint_every": 3}}
-    Trainer(tiny_config(tmp_path / "a", **settings), train_dataset=shapes_dataset()).train()
-    crashing = Trainer(tiny_config(tmp_path / "b", **settings), train_dataset=CrashingDataset(shapes_dataset(), 4 * 4 + 2))
+    Trainer(tiny_train_config(tmp_path / "a", **settings), train_dataset=shapes_dataset()).train()
+    crashing = Trainer(tiny_train_config(tmp_path / "b", **settings), train_dataset=CrashingDataset(shapes_dataset(), 4 * 4 + 2))
     with pytest.raises(SimulatedCrash):
         crashing.train()
     Trainer.resume(tmp_path / "b", train_dataset=shapes_dataset()).train()
@@ -121,7 +121,7 @@ def test_resumed_run_logs_the_same_averages_as_an_uninterrupted_one(tmp_path):
 
 
 def test_resuming_a_finished_run_says_it_is_complete(tmp_path):
-    config = tiny_config(tmp_path / "run", optim={"max_iterations": 2})
+    config = tiny_train_config(tmp_path / "run", optim={"max_iterations": 2})
     first = Trainer(config, train_dataset=shapes_dataset()).train()
     again = Trainer.resume(tmp_path / "run", train_dataset=shapes_dataset()).train()
     assert again.already_complete and again.step == 2
@@ -132,7 +132,7 @@ def test_cli_resume_of_a_finished_run(tmp_path):
     from clipseg.data.synthetic import write_phrasecut
 
     root = write_phrasecut(tmp_path / "data", 4, size=(32, 40))
-    config = tiny_config(tmp_path / "run", data={"root": str(root)}, optim={"max_iterations": 1})
+    config = tiny_train_config(tmp_path / "run", data={"root": str(root)}, optim={"max_iterations": 1})
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(config.to_yaml())
     runner = CliRunner()
@@ -151,7 +151,7 @@ class _CreatesMarker:
 
 
 def test_malicious_training_state_is_refused_with_our_safety_message(tmp_path):
-    config = tiny_config(tmp_path / "run", optim={"max_iterations": 3}, run={"checkpoint_every": 3})
+    config = tiny_train_config(tmp_path / "run", optim={"max_iterations": 3}, run={"checkpoint_every": 3})
     Trainer(config, train_dataset=shapes_dataset()).train()
     checkpoint = read_checkpoint(tmp_path / "run")
     marker = tmp_path / "code-ran"

@@ -36,6 +36,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.errno is None:
+            raise
+        # Name the file being written (not the hidden temporary, nor nothing as a failed write() does).
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -87,6 +93,63 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+LOCK_NAME = ".clipseg.lock"
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the lock of an output folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on `directory` (a `.clipseg.lock` file in it) for the block, or raise
+    `FolderLockedError` at once if another process holds it.
+
+    The lock is an OS lock on the open file (flock on POSIX, msvcrt on Windows), so the OS releases it when its
+    holder ends, even by kill -9: a lock file left behind never blocks a later run."""
+    path = Path(directory) / LOCK_NAME
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if not _try_lock(descriptor):
+            try:
+                holder = os.read(descriptor, 32).decode("ascii", "replace").strip()
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = ""
+            raise FolderLockedError(
+                f"{directory}: another clipseg run is writing to this folder"
+                + (f" (process {holder})" if holder.isdigit() else "")
+                + "; wait for it to finish or choose another output folder"
+            )
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+        try:
+            yield path
+        finally:
+            # While still locked, so a later run creates a fresh file (Windows cannot delete an open file).
+            with contextlib.suppress(OSError):
+                path.unlink()
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
     return True
 
 

@@ -3,6 +3,7 @@ as one line and keep going, print a summary. torch, numpy and PIL are imported o
 
 from __future__ import annotations
 
+import errno
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -35,6 +36,16 @@ MAX_LISTED_FAILURES = 50
 
 # Writes a job's files from its image and prediction; returns how many files it wrote.
 Writer = Callable[[Job, "Image.Image", "Prediction"], int]
+# Write errors after which every further image would fail the same way: the run stops.
+_STORAGE_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS})
+
+
+class _StorageFull(Exception):
+    """The output folder cannot take more files (full disk, quota, read-only file system)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,28 @@ def run_jobs(
 ) -> int:
     """Segment the jobs whose outputs are missing (all with --overwrite), print the summary; returns the exit
     status."""
+    from ..fileio import FolderLockedError, folder_lock
+
+    try:
+        with folder_lock(output):
+            return _run_locked(
+                jobs, failures, output, console, prompts=prompts, negatives=negatives, write=write, settings=settings
+            )
+    except FolderLockedError as error:
+        raise CLIError(str(error)) from None
+
+
+def _run_locked(
+    jobs: list[Job],
+    failures: list[Failure],
+    output: Path,
+    console: Console,
+    *,
+    prompts: Sequence[Prompt],
+    negatives: Sequence[str],
+    write: Writer,
+    settings: RunSettings,
+) -> int:
     summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
     for source, reason in failures:
         print_line(console, f"error: {source}: {reason}")
@@ -142,6 +175,13 @@ def run_jobs(
         print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
         _print_summary(summary, output, settings.command)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except _StorageFull as full:
+        _print_summary(summary, output, settings.command)
+        not_done = len(todo) - summary.segmented - (len(summary.failures) - len(failures))
+        raise CLIError(
+            f"cannot write {full.error.filename or output}: {full} ({summary.files_written} files written, "
+            f"{not_done} images not done); free space and run the same command again to do the rest"
+        ) from None
     return _finish(summary, output, settings.command)
 
 
@@ -159,11 +199,12 @@ def _run_batch(
     from ..image import load_image
 
     def fail(job: Job, error: BaseException) -> None:
-        reason = (
-            one_line(error)
-            if isinstance(error, (OSError, ValueError))
-            else f"{type(error).__name__}: {one_line(error)}"
-        )
+        if isinstance(error, OSError) and error.filename and str(error.filename) != str(job.source):
+            reason = f"cannot write {error.filename}: {error.strerror or one_line(error)}"
+        elif isinstance(error, (OSError, ValueError)):
+            reason = one_line(error)
+        else:
+            reason = f"{type(error).__name__}: {one_line(error)}"
         reason = reason if str(job.source) in reason else f"{job.source}: {reason}"
         summary.failures.append((str(job.source), reason.removeprefix(f"{job.source}: ")))
         print_line(console, f"error: {reason}")
@@ -187,11 +228,28 @@ def _run_batch(
             fail(job, error)
         return
     for (job, image), prediction in zip(loaded, predictions, strict=True):
+        before = _file_states(job)
         try:
             summary.files_written += write(job, image, prediction)
             summary.segmented += 1
         except Exception as error:
+            # Count what the job did write before failing (an atomic write either replaced a file or left it).
+            summary.files_written += sum(_file_states(job)[path] != state for path, state in before.items())
+            if isinstance(error, OSError) and error.errno in _STORAGE_FULL:
+                raise _StorageFull(error) from None
             fail(job, error)
+
+
+def _file_states(job: Job) -> dict[Path, tuple[int, int] | None]:
+    """(inode, mtime) of each output file of a job, None where it does not exist."""
+    states: dict[Path, tuple[int, int] | None] = {}
+    for path in job.files.values():
+        try:
+            info = path.stat()
+            states[path] = (info.st_ino, info.st_mtime_ns)
+        except OSError:
+            states[path] = None
+    return states
 
 
 def _finish(summary: Summary, output: Path, command: str) -> int:
