@@ -228,6 +228,23 @@ def read_json_file(path: str | os.PathLike, limit: int = MAX_CONFIG_BYTES, kind:
         raise UnreadableFileError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
+def read_annotation_json(path: str | os.PathLike) -> Any:
+    """A dataset's JSON annotation file (any size, a regular file): a truncated or broken file is a one-line
+    `UnreadableFileError` naming it and the position."""
+    path = require_regular_file(path, "JSON annotation file")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise UnreadableFileError(
+            f"{path}: not valid JSON, truncated or corrupt ({error.msg} at line {error.lineno}, column {error.colno})"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise UnreadableFileError(f"{path}: not UTF-8 text (byte offset {error.start})") from None
+    except RecursionError:
+        raise UnreadableFileError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
 def _file_type(mode: int) -> str:
     for test, name in (
         (stat.S_ISFIFO, "a FIFO"),

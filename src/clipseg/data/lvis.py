@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..fileio import read_annotation_json
 from ..image import read_image_file
 
 _LVIS_HELP = (
@@ -71,8 +72,7 @@ class LVIS:
             raise FileNotFoundError(
                 f"LVIS annotations not found at {path}: {_LVIS_HELP}, or set its path in the config"
             )
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_annotation_json(path)
         missing = {"images", "annotations", "categories"} - set(data)
         if missing:
             raise ValueError(f"{path}: not an LVIS/COCO instances file (missing {sorted(missing)})")
