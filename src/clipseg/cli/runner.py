@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import errno
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,73 +117,64 @@ def run_jobs(
 ) -> int:
     """Segment the jobs whose outputs are missing (all with --overwrite), print the summary; returns the exit
     status."""
+    with _output_lock(output):
+        summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
+        for source, reason in failures:
+            print_line(console, f"error: {source}: {reason}")
+        if not jobs and not failures:
+            raise CLIError("no images to segment", EXIT_USAGE)
+        todo = [job for job in jobs if settings.overwrite or not job.done()]
+        summary.skipped = len(jobs) - len(todo)
+        if not todo:
+            return _finish(summary, output, settings.command)
+        from ..predictor import Predictor
+        from ..progress import progress_bar
+
+        loaded = load_engine_or_fail(
+            settings.model,
+            backend=settings.backend,
+            precision=settings.precision,
+            device=settings.device,
+            clip=settings.clip,
+            extract_layers=settings.extract_layers,
+            console=console,
+        )
+        predictor = Predictor(loaded)
+        predict_options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
+        try:
+            with progress_bar(console=console, disable=not console.is_terminal) as progress:
+                task = progress.add_task("segmenting", total=len(todo))
+                for start in range(0, len(todo), settings.batch_size):
+                    batch = todo[start : start + settings.batch_size]
+                    progress.update(task, description=shorten(batch[0].source.name, 30))
+                    _run_batch(
+                        batch, predictor, prompts, negatives, predict_options, write, summary, console, settings.debug
+                    )
+                    progress.advance(task, len(batch))
+        except KeyboardInterrupt:
+            print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
+            _print_summary(summary, output, settings.command)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except _StorageFull as full:
+            _print_summary(summary, output, settings.command)
+            not_done = len(todo) - summary.segmented - (len(summary.failures) - len(failures))
+            raise CLIError(
+                f"cannot write {full.error.filename or output}: {full} ({summary.files_written} files written, "
+                f"{not_done} images not done); free space and run the same command again to do the rest"
+            ) from None
+        return _finish(summary, output, settings.command)
+
+
+@contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    """Hold the output folder's lock for the run; another run holding it is a one-line error."""
     from ..fileio import FolderLockedError, folder_lock
 
     try:
         with folder_lock(output):
-            return _run_locked(
-                jobs, failures, output, console, prompts=prompts, negatives=negatives, write=write, settings=settings
-            )
+            yield
     except FolderLockedError as error:
         raise CLIError(str(error)) from None
-
-
-def _run_locked(
-    jobs: list[Job],
-    failures: list[Failure],
-    output: Path,
-    console: Console,
-    *,
-    prompts: Sequence[Prompt],
-    negatives: Sequence[str],
-    write: Writer,
-    settings: RunSettings,
-) -> int:
-    summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
-    for source, reason in failures:
-        print_line(console, f"error: {source}: {reason}")
-    if not jobs and not failures:
-        raise CLIError("no images to segment", EXIT_USAGE)
-    todo = [job for job in jobs if settings.overwrite or not job.done()]
-    summary.skipped = len(jobs) - len(todo)
-    if not todo:
-        return _finish(summary, output, settings.command)
-    from ..predictor import Predictor
-    from ..progress import progress_bar
-
-    loaded = load_engine_or_fail(
-        settings.model,
-        backend=settings.backend,
-        precision=settings.precision,
-        device=settings.device,
-        clip=settings.clip,
-        extract_layers=settings.extract_layers,
-        console=console,
-    )
-    predictor = Predictor(loaded)
-    predict_options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
-    try:
-        with progress_bar(console=console, disable=not console.is_terminal) as progress:
-            task = progress.add_task("segmenting", total=len(todo))
-            for start in range(0, len(todo), settings.batch_size):
-                batch = todo[start : start + settings.batch_size]
-                progress.update(task, description=shorten(batch[0].source.name, 30))
-                _run_batch(
-                    batch, predictor, prompts, negatives, predict_options, write, summary, console, settings.debug
-                )
-                progress.advance(task, len(batch))
-    except KeyboardInterrupt:
-        print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
-        _print_summary(summary, output, settings.command)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except _StorageFull as full:
-        _print_summary(summary, output, settings.command)
-        not_done = len(todo) - summary.segmented - (len(summary.failures) - len(failures))
-        raise CLIError(
-            f"cannot write {full.error.filename or output}: {full} ({summary.files_written} files written, "
-            f"{not_done} images not done); free space and run the same command again to do the rest"
-        ) from None
-    return _finish(summary, output, settings.command)
 
 
 def _run_batch(
