@@ -276,6 +276,9 @@ def load_clip(source: str | os.PathLike) -> CLIPWeights:
             state, unused = convert.openai_clip_to_ours(raw)
         vision, text = convert.openai_towers_from_shapes(state, str(path))
         tokenizer = None
+    elif path.exists():
+        read_state_dict_head(path)  # raises: a FIFO, socket or device is not a weight file
+        raise CheckpointError(f"{path}: not a CLIP weights file or directory")
     else:
         raise FileNotFoundError(f"{source}: no such CLIP weights file or directory")
     if unused:
