@@ -98,3 +98,34 @@ def test_fifo_as_image_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "photo.png")
     with pytest.raises(ImageLoadError, match=r"photo\.png: not a regular file"):
         load_image(tmp_path / "photo.png")
+
+
+def test_preprocess_of_a_five_million_pixel_tall_image_fits_in_bounded_memory():
+    # Pillow's one-call resize keeps every input row through its width pass: 352 x 5,000,000 RGBA (7 GB).
+    code = """
+        import resource
+        import numpy as np
+        from PIL import Image
+        from clipseg.image import preprocess
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+        pixels = np.full((5_000_000, 1, 3), 200, np.uint8)
+        pixels[:2_500_000] = 100
+        tensor = preprocess(Image.fromarray(pixels), 352, (0, 0, 0), (1, 1, 1))
+        print(tuple(tensor.shape), round(float(tensor.max()) * 255), round(float(tensor.min()) * 255))
+    """
+    environment = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["(3,", "352,", "352)", "200", "100"]  # bottom half 200, top half 100
+
+
+def test_ordinary_resizes_are_pillows_one_call():
+    from clipseg.image import bounded_resize
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    for size in [(352, 352), (100, 80), (1000, 20)]:
+        expected = image.resize(size, Image.Resampling.BILINEAR)
+        assert np.array_equal(np.asarray(bounded_resize(image, size)), np.asarray(expected))
