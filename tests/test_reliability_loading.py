@@ -381,3 +381,22 @@ def test_half_a_tokenizer_is_not_silently_replaced(tmp_path):
     (directory / "merges.txt").unlink()
     with pytest.raises(CheckpointError, match=r"vocab\.json has no merges\.txt beside it"):
         clipseg.load_model(directory)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_fifo_as_a_yaml_config_fails_fast(tmp_path):
+    os.mkfifo(tmp_path / "base.yaml")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\nname: x\n")
+    result = run_limited(
+        f"""
+        from clipseg.training.config import load_config
+        for name in ("base.yaml", "run.yaml"):
+            try:
+                load_config({str(tmp_path)!r} + "/" + name)
+            except (ValueError, FileNotFoundError) as error:
+                print(error)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("base.yaml" in line for line in lines)
