@@ -41,6 +41,18 @@ def run_limited(code: str, *, memory_mb: int = 2048, timeout: float = 300.0) -> 
     )
 
 
+def load_in_subprocess(directory: Path, *, memory_mb: int = 2048) -> subprocess.CompletedProcess:
+    """`clipseg.load_model(directory)` under `run_limited`; prints the one-line error it raises."""
+    code = f"""
+        import clipseg
+        try:
+            clipseg.load_model({str(directory)!r})
+        except ValueError as error:
+            print(error)
+    """
+    return run_limited(code, memory_mb=memory_mb)
+
+
 # ---- 1. TorchScript archives whose module tree is a shared graph ------------------------------------------
 
 
@@ -156,16 +168,7 @@ def test_billion_layers_is_refused_quickly_in_bounded_memory(tmp_path):
     pytest.importorskip("transformers")
     directory = _hf_directory(tmp_path)
     _edit_config(directory, lambda c: c["text_config"].update(num_hidden_layers=10**9))
-    result = run_limited(
-        f"""
-        import clipseg
-        try:
-            clipseg.load_model({str(directory)!r})
-        except ValueError as error:
-            print(error)
-        """,
-        memory_mb=3072,
-    )
+    result = load_in_subprocess(directory, memory_mb=3072)
     assert result.returncode == 0, result.stderr
     assert "text_config.num_hidden_layers = 1000000000" in result.stdout
     assert "config.json" in result.stdout
@@ -244,16 +247,7 @@ def test_fifo_as_model_file_fails_fast(tmp_path, name):
     directory = random_model().save_pretrained(tmp_path / "m")
     (directory / name).unlink()
     os.mkfifo(directory / name)
-    result = run_limited(
-        f"""
-        import clipseg
-        try:
-            clipseg.load_model({str(directory)!r})
-        except ValueError as error:
-            print(error)
-        """,
-
-    )
+    result = load_in_subprocess(directory)
     assert result.returncode == 0, result.stderr
     assert f"{directory / name}: not a regular file (a FIFO)" in result.stdout
 
@@ -264,16 +258,7 @@ def test_symlink_to_dev_zero_fails_fast(tmp_path, name):
     directory = random_model().save_pretrained(tmp_path / "m")
     (directory / name).unlink()
     (directory / name).symlink_to("/dev/zero")
-    result = run_limited(
-        f"""
-        import clipseg
-        try:
-            clipseg.load_model({str(directory)!r})
-        except ValueError as error:
-            print(error)
-        """,
-        memory_mb=2048,
-    )
+    result = load_in_subprocess(directory)
     assert result.returncode == 0, result.stderr
     assert f"{directory / name}: not a regular file (a character device)" in result.stdout
 
