@@ -173,6 +173,8 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     for a 20,000,000 x 1 image is a 352 x 20,000,000 intermediate (28 GB)."""
     height, width = size
     maps = logits[:, None].float()
+    if maps.shape[-2:] == (height, width):
+        return maps[:, 0].clone()  # always a new tensor: callers apply the sigmoid in place
     h, w = maps.shape[-2:]
     # Elements of the intermediate: height-first is (height, w), width-first is (h, width).
     steps = [(height, w), (height, width)] if height * w <= h * width else [(h, width), (height, width)]
