@@ -26,6 +26,8 @@ from .fileio import write_text
 STATE_NAME = ".clipseg-watch-state.json"
 STATE_VERSION = 1
 DEFAULT_SETTLE_SECONDS = 1.0
+# Look at the whole tree this often even without events (events can be missed, e.g. on network file systems).
+RESCAN_SECONDS = 10.0
 _HASH_CHUNK = 1 << 20
 
 
@@ -124,9 +126,9 @@ def split_stable(
 
 
 class FolderEvents:
-    """Iterate over the sets of files added or modified below `roots` (ignoring hidden entries, `ignore` and files
-    whose suffix is not in `suffixes`); yields an empty set after `poll_seconds` without events. Stops when `stop`
-    is set; Ctrl-C (and SIGTERM, if it raises KeyboardInterrupt) raises KeyboardInterrupt."""
+    """Iterate over the sets of files (and folders) added or modified below `roots`, ignoring hidden entries,
+    `ignore` and files whose suffix is not in `suffixes`; yields an empty set after `poll_seconds` without events.
+    Stops when `stop` is set; Ctrl-C (and SIGTERM, if it raises KeyboardInterrupt) raises KeyboardInterrupt."""
 
     def __init__(
         self,
@@ -144,7 +146,8 @@ class FolderEvents:
         self.stop = stop or threading.Event()
 
     def _wanted(self, path: Path) -> bool:
-        if path.suffix.lower() not in self.suffixes:
+        # New folders count too: files created in them before their watch is set up raise no event of their own.
+        if path.suffix.lower() not in self.suffixes and not path.is_dir():
             return False
         resolved = path.resolve()
         if self.ignore is not None and resolved.is_relative_to(self.ignore):

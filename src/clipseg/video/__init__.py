@@ -22,7 +22,12 @@ _EXPORTS = {
     "probe": "clipseg.video.io",
     "VideoOutputs": "clipseg.video.writers",
 }
-__all__ = list(_EXPORTS)
+__all__ = [*_EXPORTS, "FORMATS", "DEFAULT_SMOOTH"]
+
+# Output formats of a video (`clipseg.video.writers`), and the default weight of the past in temporal smoothing
+# (benchmarks/bench_video.py). Defined here, free of torch and PyAV, for the command line's choices and defaults.
+FORMATS = ("frames", "video", "overlay", "rle")
+DEFAULT_SMOOTH = 0.6
 
 if TYPE_CHECKING:
     from .io import VideoError, VideoInfo, VideoReader, VideoWriter, probe

@@ -19,6 +19,7 @@ import torch
 
 from ..model.clipseg import CLIPSeg
 from ..predictor import BACKBONE_CHUNK, Prediction, Predictor, Prompt, Templates, _as_list, _name
+from . import DEFAULT_SMOOTH
 from .io import DecodedFrame, VideoReader
 from .temporal import (
     DEFAULT_CUT_THRESHOLD,
@@ -27,8 +28,6 @@ from .temporal import (
     SceneCutDetector,
     interpolate_logits,
 )
-
-DEFAULT_SMOOTH = 0.6
 
 
 @dataclass

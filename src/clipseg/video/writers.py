@@ -28,10 +28,10 @@ from PIL import Image
 from ..fileio import atomic_directory, atomic_path, atomic_write
 from ..outputs import label_colours, mask_image, mask_overlay, rle_annotation
 from ..postprocess import MaskOptions
+from . import FORMATS
 from .io import MASK_SUFFIX, OVERLAY_SUFFIX, VideoInfo, VideoWriter
 from .segment import FramePrediction
 
-FORMATS = ("frames", "video", "overlay", "rle")
 OVERLAY_NAME = "overlay" + OVERLAY_SUFFIX
 RLE_NAME = "rle.jsonl"
 FRAME_NAME = "{:06d}.png"
@@ -121,6 +121,10 @@ class VideoOutputs:
         self._stack.__exit__(kind, error, trace)
         if error is None:
             self.files_written = len(self.todo)
+            return
+        for folder in {path.parent for path in self.todo.values()}:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # the video's folder, if this run created it and left nothing in it
 
     def write(self, prediction: FramePrediction) -> None:
         """Add one frame's masks to every output."""
