@@ -113,9 +113,28 @@ def run_jobs(
     todo = [job for job in jobs if settings.overwrite or not job.done()]
     summary.skipped = len(jobs) - len(todo)
     if not todo:
-        return _finish(summary, output, settings.command)
-    from ..predictor import Predictor
+        return finish(summary, output, settings.command)
     from ..progress import progress_bar
+
+    predictor = load_predictor(settings, console)
+    try:
+        with progress_bar(console=console, disable=not console.is_terminal) as progress:
+            task = progress.add_task("segmenting", total=len(todo))
+            for start in range(0, len(todo), settings.batch_size):
+                batch = todo[start : start + settings.batch_size]
+                progress.update(task, description=shorten(batch[0].source.name, 30))
+                run_batch(batch, predictor, prompts, negatives, write, summary, console, settings)
+                progress.advance(task, len(batch))
+    except KeyboardInterrupt:
+        print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
+        print_summary(summary, output, settings.command)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    return finish(summary, output, settings.command)
+
+
+def load_predictor(settings: RunSettings, console: Console) -> Predictor:
+    """A `Predictor` on the model the settings name (every loading problem is a one-line CLIError)."""
+    from ..predictor import Predictor
 
     loaded = load_engine_or_fail(
         settings.model,
@@ -126,49 +145,36 @@ def run_jobs(
         extract_layers=settings.extract_layers,
         console=console,
     )
-    predictor = Predictor(loaded)
-    predict_options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
-    try:
-        with progress_bar(console=console, disable=not console.is_terminal) as progress:
-            task = progress.add_task("segmenting", total=len(todo))
-            for start in range(0, len(todo), settings.batch_size):
-                batch = todo[start : start + settings.batch_size]
-                progress.update(task, description=shorten(batch[0].source.name, 30))
-                _run_batch(
-                    batch, predictor, prompts, negatives, predict_options, write, summary, console, settings.debug
-                )
-                progress.advance(task, len(batch))
-    except KeyboardInterrupt:
-        print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
-        _print_summary(summary, output, settings.command)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    return _finish(summary, output, settings.command)
+    return Predictor(loaded)
 
 
-def _run_batch(
+def report_failure(summary: Summary, console: Console, source: Path, error: BaseException, debug: bool) -> None:
+    """Count `source` as failed and print one line naming it (the traceback too with --debug)."""
+    reason = one_line(error) if isinstance(error, (OSError, ValueError)) else f"{type(error).__name__}: {one_line(error)}"
+    reason = reason if str(source) in reason else f"{source}: {reason}"
+    summary.failures.append((str(source), reason.removeprefix(f"{source}: ")))
+    print_line(console, f"error: {reason}")
+    if debug:
+        traceback.print_exc()
+
+
+def run_batch(
     batch: list[Job],
     predictor: Predictor,
     prompts: Sequence[Prompt],
     negatives: Sequence[str],
-    predict_options: dict,
     write: Writer,
     summary: Summary,
     console: Console,
-    debug: bool,
+    settings: RunSettings,
 ) -> None:
+    """Segment one batch of jobs and write their files; each failing input is reported and counted."""
     from ..image import load_image
 
+    predict_options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
+
     def fail(job: Job, error: BaseException) -> None:
-        reason = (
-            one_line(error)
-            if isinstance(error, (OSError, ValueError))
-            else f"{type(error).__name__}: {one_line(error)}"
-        )
-        reason = reason if str(job.source) in reason else f"{job.source}: {reason}"
-        summary.failures.append((str(job.source), reason.removeprefix(f"{job.source}: ")))
-        print_line(console, f"error: {reason}")
-        if debug:
-            traceback.print_exc()
+        report_failure(summary, console, job.source, error, settings.debug)
 
     loaded: list[tuple[Job, Image.Image]] = []
     for job in batch:
@@ -194,12 +200,13 @@ def _run_batch(
             fail(job, error)
 
 
-def _finish(summary: Summary, output: Path, command: str) -> int:
-    _print_summary(summary, output, command)
+def finish(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> int:
+    """Print the summary; the exit status: 1 if an input failed, else 0."""
+    print_summary(summary, output, command, inputs=inputs)
     return EXIT_FAILURES if summary.failures else 0
 
 
-def _print_summary(summary: Summary, output: Path, command: str) -> None:
+def print_summary(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -208,7 +215,7 @@ def _print_summary(summary: Summary, output: Path, command: str) -> None:
     table = Table(title=f"clipseg {command}", show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
-    table.add_row("images", str(summary.found))
+    table.add_row(inputs, str(summary.found))
     table.add_row("segmented", str(summary.segmented))
     table.add_row("skipped (outputs exist; --overwrite redoes them)", str(summary.skipped))
     table.add_row("failed", str(len(summary.failures)))

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import DEFAULT_MODEL, EXIT_USAGE, CLIError, one_line, run_command, stderr_console
-from .jobs import Job, plan_jobs, plan_segment_outputs, prepare_output
+from .jobs import Failure, Job, plan_jobs, plan_segment_outputs, prepare_output
 from .options import (
     Backend,
     BackendOption,
@@ -33,6 +33,7 @@ from .options import (
     Precision,
     PrecisionOption,
     PromptOption,
+    SettleOption,
     SupportMaskOption,
     SupportNameOption,
     SupportOption,
@@ -41,11 +42,14 @@ from .options import (
     ThresholdOption,
     UnionOption,
     VisualPromptOption,
+    WatchOption,
 )
 from .runner import RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
+from .watching import watch_jobs
 
 if TYPE_CHECKING:
     from PIL import Image
+    from rich.console import Console
 
     from ..postprocess import MaskOptions
     from ..predictor import Prediction
@@ -81,11 +85,15 @@ def segment(
     batch_size: BatchOption = 4,
     overwrite: OverwriteOption = False,
     max_pixels: MaxPixelsOption = None,
+    watch: WatchOption = False,
+    settle: SettleOption = 1.0,
     debug: DebugOption = False,
 ) -> None:
     """Segment images from text prompts and/or an image prompt: one mask per image and prompt.
 
     Example: clipseg segment photos/ -p "a cup" -p "something to sit on" -o masks/
+
+    With --watch it keeps running and segments every image that is added to or changed in the folders.
     """
     settings = RunSettings.from_arguments("segment", locals())
     formats = list(dict.fromkeys(output_format or [OutputFormat.mask]))
@@ -103,16 +111,26 @@ def segment(
             raise CLIError(one_line(error), EXIT_USAGE) from None
         limit_pixels(max_pixels)
         console = stderr_console()
-        image_prompt = _image_prompt(support, support_mask, support_name, visual_prompt)
-        prompts, names = _combine(texts, image_prompt, mix)
+        image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
+        prompts, names = combine_prompts(texts, image_prompt, mix)
         entry_names = [" or ".join(names)] if union else names
-        jobs, failures = plan_jobs(inputs, output, console)
-        plan_segment_outputs(jobs, output, formats, entry_names)
-        prepare_output(output)
+
+        def plan(console: Console) -> tuple[list[Job], list[Failure]]:
+            jobs, failures = plan_jobs(inputs, output, console)
+            plan_segment_outputs(jobs, output, formats, entry_names)
+            return jobs, failures
 
         def write(job: Job, image: Image.Image, prediction: Prediction) -> int:
-            return _write_segmentation(job, image, prediction, formats, options, union, entry_names, overwrite)
+            redo = overwrite or job.redo
+            return _write_segmentation(job, image, prediction, formats, options, union, entry_names, redo)
 
+        prepare_output(output)
+        if watch:
+            return watch_jobs(
+                inputs, output, console, plan=plan, prompts=prompts, negatives=negatives, write=write,
+                settings=settings, settle=settle,
+            )
+        jobs, failures = plan(console)
         return run_jobs(
             jobs, failures, output, console, prompts=prompts, negatives=negatives, write=write, settings=settings
         )
@@ -120,7 +138,10 @@ def segment(
     exit_with(run_command(body, debug=debug))
 
 
-def _image_prompt(supports: list[Path] | None, masks: list[Path] | None, name: str, variant: str) -> ImagePrompt | None:
+def build_image_prompt(
+    supports: list[Path] | None, masks: list[Path] | None, name: str, variant: str
+) -> ImagePrompt | None:
+    """The image prompt of --support/--support-mask, or None; mismatched or unreadable files are usage errors."""
     supports, masks = supports or [], masks or []
     if len(supports) != len(masks):
         raise CLIError(
@@ -137,7 +158,9 @@ def _image_prompt(supports: list[Path] | None, masks: list[Path] | None, name: s
         raise CLIError(one_line(error), EXIT_USAGE) from None
 
 
-def _combine(texts: list[str], image_prompt: ImagePrompt | None, mix: float | None) -> tuple[list[Prompt], list[str]]:
+def combine_prompts(
+    texts: list[str], image_prompt: ImagePrompt | None, mix: float | None
+) -> tuple[list[Prompt], list[str]]:
     """The prompts to run and their names: texts, then the image prompt; or with --mix each text mixed with it."""
     if not texts and image_prompt is None:
         raise CLIError(

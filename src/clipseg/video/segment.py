@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..model.clipseg import CLIPSeg
-from ..predictor import BACKBONE_CHUNK, Prediction, Predictor, Prompt, Templates, _as_list, _name
+from ..predictor import BACKBONE_CHUNK, Prediction, Predictor, Templates, _as_list, _name
+from ..prompts import Prompt
 from . import DEFAULT_SMOOTH
 from .io import DecodedFrame, VideoReader
 from .temporal import (
