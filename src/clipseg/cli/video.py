@@ -160,10 +160,10 @@ def video(
                         )
                         with VideoOutputs(job.files, entry_names, info, options=options, union=union,
                                           overwrite=overwrite, source=str(job.source)) as outputs:
-                            for frame in frames:
+                            for count, frame in enumerate(frames, start=1):
                                 outputs.write(frame)
-                                progress.advance(task)
-                        progress.update(task, total=progress.tasks[task].completed)
+                                progress.update(task, completed=count)
+                        progress.update(task, total=count)  # the container's count was an estimate
                         summary.files_written += outputs.files_written
                         summary.segmented += 1
                     except Exception as error:  # every bad video is reported as one line and the run goes on
