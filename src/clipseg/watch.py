@@ -13,8 +13,10 @@ what to do next:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -89,11 +91,18 @@ class WatchState:
 
     def record(self, sources: Iterable[Path]) -> None:
         """Remember the current content of `sources` and save the state file."""
+        fingerprints = {}
         for source in sources:
             try:
-                self._files[self._key(source)] = Fingerprint.of(source)
+                fingerprints[source] = Fingerprint.of(source)
             except OSError:
                 self._files.pop(self._key(source), None)  # gone meanwhile: nothing to remember
+        self.remember(fingerprints)
+
+    def remember(self, fingerprints: dict[Path, Fingerprint]) -> None:
+        """Remember what each input held when it was read (its outputs are written) and save the state file."""
+        for source, fingerprint in fingerprints.items():
+            self._files[self._key(source)] = fingerprint
         self.save()
 
     def save(self) -> None:
@@ -175,3 +184,23 @@ class FolderEvents:
         )
         for batch in changes:
             yield {Path(path) for _, path in batch}
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs (writing a file's outputs and recording it), then raise
+    KeyboardInterrupt if one came: a stop finishes the current file instead of leaving its record behind its
+    outputs. Outside the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    signals = [signal.SIGINT, *([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])]
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise KeyboardInterrupt

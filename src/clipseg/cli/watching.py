@@ -19,11 +19,12 @@ from .jobs import Failure, Job
 from .runner import RunSettings, Summary, Writer, load_predictor, print_summary, run_batch
 
 if TYPE_CHECKING:
+    from PIL import Image
     from rich.console import Console
 
-    from ..predictor import Predictor
+    from ..predictor import Prediction, Predictor
     from ..prompts import Prompt
-    from ..watch import WatchState
+    from ..watch import Fingerprint, WatchState
 
 
 def watch_jobs(
@@ -43,7 +44,7 @@ def watch_jobs(
     from rich.console import Console
 
     from ..image import IMAGE_SUFFIXES
-    from ..watch import RESCAN_SECONDS, STATE_NAME, FolderEvents, WatchState, split_stable
+    from ..watch import RESCAN_SECONDS, STATE_NAME, FolderEvents, WatchState, deferred_interrupts, split_stable
 
     folders = [path for path in inputs if path.is_dir()]
     if not folders:
@@ -81,8 +82,9 @@ def watch_jobs(
         ready_jobs = [job for job in todo if job.source in set(ready)]
         for start in range(0, len(ready_jobs), settings.batch_size):
             batch = ready_jobs[start : start + settings.batch_size]
+            read = _fingerprints(batch)  # what the files hold as they are read
             before = len(summary.failures)
-            run_batch(batch, predictor, prompts, negatives, write, summary, console, settings)
+            run_batch(batch, predictor, prompts, negatives, write_and_record(read), summary, console, settings)
             failed_now = {source for source, _ in summary.failures[before:]}
             for job in batch:
                 if str(job.source) in failed_now:
@@ -94,8 +96,19 @@ def watch_jobs(
                     failed.pop(job.source.resolve(), None)
                     _forget_failures(summary, job.source)
                     print_line(console, f"segmented {job.source}")
-            state.record([job.source for job in batch if str(job.source) not in failed_now])
         return bool(busy)
+
+    def write_and_record(read: dict[Path, Fingerprint]) -> Writer:
+        """The writer, with the input recorded as done together with its outputs (a stop waits for both)."""
+
+        def write_job(job: Job, image: Image.Image, prediction: Prediction) -> int:
+            with deferred_interrupts():
+                written = write(job, image, prediction)
+                if job.source in read:
+                    state.remember({job.source: read[job.source]})
+            return written
+
+        return write_job
 
     try:  # a signal at any point, even while the model loads, ends the watch normally
         predictor = load_predictor(settings, console)
@@ -135,3 +148,15 @@ def _stamp(path: Path) -> tuple[int, int]:
 def _forget_failures(summary: Summary, source: Path) -> None:
     """A file that failed while it was incomplete and then succeeded is no failure."""
     summary.failures[:] = [(name, reason) for name, reason in summary.failures if name != str(source)]
+
+
+def _fingerprints(jobs: Sequence[Job]) -> dict[Path, Fingerprint]:
+    from ..watch import Fingerprint
+
+    read = {}
+    for job in jobs:
+        try:
+            read[job.source] = Fingerprint.of(job.source)
+        except OSError:
+            pass  # gone: run_batch reports it
+    return read
