@@ -99,16 +99,9 @@ def segment(
     formats = list(dict.fromkeys(output_format or [OutputFormat.mask]))
 
     def body() -> int:
-        from ..postprocess import MaskOptions
-
         texts = prompt_texts(prompt, "--prompt")
         negatives = prompt_texts(negative, "--negative")
-        try:
-            options = MaskOptions(
-                threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather
-            )
-        except ValueError as error:
-            raise CLIError(one_line(error), EXIT_USAGE) from None
+        options = mask_options(threshold, min_area, dilate, erode, invert, feather)
         limit_pixels(max_pixels)
         console = stderr_console()
         image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
@@ -136,6 +129,20 @@ def segment(
         )
 
     exit_with(run_command(body, debug=debug))
+
+
+def mask_options(
+    threshold: float, min_area: int, dilate: float, erode: float, invert: bool, feather: float
+) -> MaskOptions:
+    """The mask options (--threshold ... --feather) as `MaskOptions`; a bad value is a usage error."""
+    from ..postprocess import MaskOptions
+
+    try:
+        return MaskOptions(
+            threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather
+        )
+    except ValueError as error:
+        raise CLIError(one_line(error), EXIT_USAGE) from None
 
 
 def build_image_prompt(

@@ -61,7 +61,7 @@ from .runner import (
     prompt_texts,
     report_failure,
 )
-from .segment import build_image_prompt, combine_prompts
+from .segment import build_image_prompt, combine_prompts, mask_options
 
 
 def video(
@@ -109,7 +109,6 @@ def video(
 
     def body() -> int:
         from ..outputs import unique_names
-        from ..postprocess import MaskOptions
         from ..progress import RateColumn, progress_bar
         from ..video.io import VIDEO_SUFFIXES, require_av
 
@@ -119,12 +118,7 @@ def video(
             raise CLIError(one_line(error)) from None
         texts = prompt_texts(prompt, "--prompt")
         negatives = prompt_texts(negative, "--negative")
-        try:
-            options = MaskOptions(
-                threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather
-            )
-        except ValueError as error:
-            raise CLIError(one_line(error), EXIT_USAGE) from None
+        options = mask_options(threshold, min_area, dilate, erode, invert, feather)
         console = stderr_console()
         image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
         prompts, names = combine_prompts(texts, image_prompt, mix)
