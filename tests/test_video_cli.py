@@ -21,7 +21,7 @@ from video_fixtures import moving_square_frames, read_video, textured_frames, wr
 import clipseg
 from clipseg import cli
 from clipseg.predictor import Predictor
-from clipseg.testing import TINY_CONFIG, he_init_
+from clipseg.testing import he_init_, tiny_config
 from clipseg.video import segment_video
 
 runner = CliRunner()
@@ -30,7 +30,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random model with a 64 px input (fast enough for a few hundred frames)."""
-    config = dataclasses.replace(TINY_CONFIG, image_size=64)
+    config = dataclasses.replace(tiny_config(), image_size=64)
     model = he_init_(clipseg.CLIPSeg(config), seed=0).eval()
     directory = tmp_path_factory.mktemp("model") / "tiny"
     model.save_pretrained(directory)

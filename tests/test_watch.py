@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import clipseg
-from clipseg.testing import TINY_CONFIG, he_init_
+from clipseg.testing import he_init_, tiny_config
 from clipseg.watch import STATE_NAME, WatchState, split_stable
 
 SETTLE = "0.3"
@@ -27,7 +27,7 @@ SETTLE = "0.3"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    config = dataclasses.replace(TINY_CONFIG, image_size=64)
+    config = dataclasses.replace(tiny_config(), image_size=64)
     directory = tmp_path_factory.mktemp("model") / "tiny"
     he_init_(clipseg.CLIPSeg(config), seed=0).eval().save_pretrained(directory)
     return directory
