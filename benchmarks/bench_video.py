@@ -130,7 +130,7 @@ def iou(predicted: list[np.ndarray], exact: list[np.ndarray]) -> float:
 
 
 def measure_flicker(model_dir: Path, work: Path, clips: int, frames: int, strengths: list[float]) -> None:
-    predictor = Predictor(clipseg.load_model(model_dir))
+    predictor = Predictor(clipseg.load_model(model_dir), image_size=SIDE)  # the size it was trained at
     methods = {"off": (0.0, math.inf)}
     for strength in strengths:
         methods[f"EMA {strength}"] = (strength, math.inf)
