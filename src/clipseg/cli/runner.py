@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     from ..batch.manifest import ManifestWriter
     from ..batch.work import Outcome
-    from ..predictor import Prediction
+    from ..predictor import Prediction, Predictor
     from ..prompts import Prompt
 
 MAX_LISTED_FAILURES = 50
@@ -140,13 +141,13 @@ def run_jobs(
         if manifest is not None:
             manifest.flush()
         print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
-        _print_summary(summary, output, settings.command)
+        print_summary(summary, output, settings.command)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if manifest is not None:
         manifest.close([str(job.source) for job in jobs] + [source for source, _ in failures])
     # Again at the end: a killed run's Ray workers may have outlived the start of this one.
     remove_stale_temporaries(output)
-    return _finish(summary, output, settings.command)
+    return finish(summary, output, settings.command)
 
 
 def _done(job: Job, manifest: ManifestWriter | None) -> bool:
@@ -179,7 +180,7 @@ def _segment(
         load=functools.partial(_load_with_pixel_limit, Image.MAX_IMAGE_PIXELS),
         # Built where the model runs (in each Ray actor): only picklable things go in, no console there.
         make_predict=functools.partial(
-            _make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
+            make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
         ),
         write=write,
         ray_address=engine.ray_address,
@@ -191,7 +192,7 @@ def _segment(
         with progress_bar(console=console, disable=not console.is_terminal) as progress:
             task = progress.add_task("segmenting", total=len(todo))
             for outcome in itertools.chain([] if first is None else [first], outcomes):
-                _record(outcome, summary, manifest, console, settings.debug)
+                record_outcome(outcome, summary, manifest, console, settings.debug)
                 progress.update(task, advance=1, description=shorten(source_name(_source(outcome.job))[0], 30))
     except RayEngineError as error:
         raise CLIError(str(error)) from None
@@ -201,10 +202,17 @@ def _source(job: Job) -> str:
     return str(job.source)
 
 
-def _make_predict(
+def make_predict(
     settings: RunSettings, prompts: list[Prompt], negatives: list[str], console: Console | None
 ) -> Callable[[list[Image.Image]], list[Prediction]]:
     """Load the model and return the function that runs it over a batch of images with the run's prompts."""
+    predictor = load_predictor(settings, console)
+    options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
+    return lambda images: predictor.predict_batch(images, prompts, negative=negatives, **options)
+
+
+def load_predictor(settings: RunSettings, console: Console | None) -> Predictor:
+    """A `Predictor` on the model the settings name (every loading problem is a one-line CLIError)."""
     from ..predictor import Predictor
 
     model = load_engine_or_fail(
@@ -216,14 +224,13 @@ def _make_predict(
         extract_layers=settings.extract_layers,
         console=console,
     )
-    predictor = Predictor(model)
-    options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
-    return lambda images: predictor.predict_batch(images, prompts, negative=negatives, **options)
+    return Predictor(model)
 
 
-def _record(
+def record_outcome(
     outcome: Outcome[Job], summary: Summary, manifest: ManifestWriter | None, console: Console, debug: bool
 ) -> None:
+    """Count an image's outcome in the summary (and the manifest); a failure is printed as one line."""
     source = _source(outcome.job)
     if outcome.error is None:
         summary.segmented += 1
@@ -239,6 +246,18 @@ def _record(
         manifest.add([manifest.failure(source, outcome.error)])
 
 
+def report_failure(summary: Summary, console: Console, source: Path, error: BaseException, debug: bool) -> None:
+    """Count `source` (an input segmented outside the batch engines, e.g. a video) as failed and print one line
+    naming it (the traceback too with --debug)."""
+    from ..batch.work import failure_reason
+
+    reason = failure_reason(str(source), error)
+    summary.failures.append((str(source), reason))
+    print_line(console, f"error: {source}: {reason}")
+    if debug:
+        traceback.print_exc()
+
+
 def _load_with_pixel_limit(pixel_limit: int | None, source: str) -> Image.Image:
     """`load_source` under the driver's pixel limit (set here too: Ray's workers are other, long-lived processes)."""
     from PIL import Image
@@ -249,12 +268,13 @@ def _load_with_pixel_limit(pixel_limit: int | None, source: str) -> Image.Image:
     return load_source(source)
 
 
-def _finish(summary: Summary, output: Path, command: str) -> int:
-    _print_summary(summary, output, command)
+def finish(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> int:
+    """Print the summary; the exit status: 1 if an input failed, else 0."""
+    print_summary(summary, output, command, inputs=inputs)
     return EXIT_FAILURES if summary.failures else 0
 
 
-def _print_summary(summary: Summary, output: Path, command: str) -> None:
+def print_summary(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -263,7 +283,7 @@ def _print_summary(summary: Summary, output: Path, command: str) -> None:
     table = Table(title=f"clipseg {command}", show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
-    table.add_row("images", str(summary.found))
+    table.add_row(inputs, str(summary.found))
     table.add_row("segmented", str(summary.segmented))
     table.add_row("skipped (outputs exist; --overwrite redoes them)", str(summary.skipped))
     table.add_row("failed", str(len(summary.failures)))
