@@ -19,10 +19,12 @@ from __future__ import annotations
 import random
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -34,6 +36,7 @@ from .postprocess import DEFAULT_THRESHOLD
 from .prompts import ImagePrompt, MixedPrompt, Prompt
 from .templates import TemplateSet, resolve_templates
 from .thresholds import ThresholdLike, per_prompt
+from .tiling import Tile, TileOptions, TilesInput, fuse, plan_tiles
 from .visual_prompt import VisualPromptSpec, prepare_support
 
 # Prompt-image pairs per decoder call: bounds memory (the refined head keeps a 32-channel map at full size).
@@ -51,12 +54,14 @@ class Prediction:
 
     Attributes:
         names: one label per prompt (the text, or the image prompt's name).
-        logits: (P, h, w) float32 logits at the model's input size (352x352 for the released models), on the CPU.
+        logits: (P, h, w) float32 logits at the model's input size (352x352 for the released models), or at the
+            tiles' working resolution for a tiled prediction, on the CPU.
         negative_logits: (N, h, w) logits of the negative prompts (N may be 0).
         image_size: (H, W) of the original image (after EXIF orientation).
 
     Probabilities are computed at the original size on first use: logits upsampled bilinearly, then sigmoid,
-    then the negative prompts applied (see the module docstring).
+    then the negative prompts applied (see the module docstring), then, for a `refined` prediction, each map
+    refined with the photo as guide.
     """
 
     names: tuple[str, ...]
@@ -64,6 +69,8 @@ class Prediction:
     negative_logits: torch.Tensor
     image_size: tuple[int, int]
     _negative_factor: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _refiner: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _refined: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -72,12 +79,37 @@ class Prediction:
         """(H, W) float32 probability map of prompt `index`, negatives applied."""
         if "probabilities" in self.__dict__:
             return self.probabilities[index]
+        if self._refiner is not None:
+            if index not in self._refined:
+                plain = self._with_negatives(self._full_size_probabilities(self.logits[index : index + 1]))[0]
+                self._refined[index] = self._refiner(plain)
+            return self._refined[index]
         return self._with_negatives(self._full_size_probabilities(self.logits[index : index + 1]))[0]
 
     @cached_property
     def probabilities(self) -> torch.Tensor:
         """(P, H, W) float32 probabilities in [0, 1] at the original image size, negatives applied."""
+        if self._refiner is not None:
+            return torch.stack([self.probability(index) for index in range(len(self.names))])
         return self._with_negatives(self._full_size_probabilities(self.logits))
+
+    def refined(self, image: ImageInput, method: str = "guided", **options: Any) -> Prediction:
+        """This prediction with every probability map refined by `clipseg.refine.refine` (negatives applied
+        first), `image` being the photo it was made from; masks, unions and label maps follow the refined maps.
+        Maps are refined on first use. Raises ValueError for an unknown method or option, or a photo of another
+        size."""
+        from .refine import check_refine_options, refine
+
+        check_refine_options(method, options)
+        pixels = np.asarray(load_image(image))
+        if pixels.shape[:2] != tuple(self.image_size):
+            raise ValueError(
+                f"image is {pixels.shape[1]}x{pixels.shape[0]} but the prediction is for a "
+                f"{self.image_size[1]}x{self.image_size[0]} image"
+            )
+        result = Prediction(self.names, self.logits, self.negative_logits, self.image_size)
+        result._refiner = lambda probability: refine(probability, pixels, method, **options)
+        return result
 
     def masks(self, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
         """(P, H, W) bool: probability >= threshold. `threshold` is one number for every prompt, a `Thresholds`
@@ -169,6 +201,8 @@ class Predictor:
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._features: list[torch.Tensor] | None = None
         self._original_size: tuple[int, int] | None = None
+        self._image: Image.Image | None = None
+        self._tile_features: tuple[list[Tile], list[torch.Tensor]] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -187,11 +221,15 @@ class Predictor:
             pixels = self._preprocess(rgb)[None]
             self._features = self.model.extract_features(pixels)
         self._original_size = (rgb.height, rgb.width)
+        self._image = rgb
+        self._tile_features = None
 
     def reset_image(self) -> None:
         """Forget the stored image and its activations."""
         self._features = None
         self._original_size = None
+        self._image = None
+        self._tile_features = None
 
     def predict(
         self,
@@ -201,8 +239,10 @@ class Predictor:
         templates: Templates = "plain",
         ensemble: bool = False,
         seed: int = 0,
+        tiles: TilesInput = None,
     ) -> Prediction:
-        """Segment the stored image for each prompt; runs the decoder only.
+        """Segment the stored image for each prompt; runs the decoder only (and, with `tiles`, the backbone over
+        the tiles once per image).
 
         Args:
             prompts: one prompt or a list: text, `ImagePrompt`, or `MixedPrompt`.
@@ -212,21 +252,27 @@ class Predictor:
             ensemble: average the conditional vectors over all templates; otherwise each prompt uses one
                 template, drawn reproducibly from the set (by `seed` and the prompt text).
             seed: see `ensemble`.
+            tiles: tiled inference (`clipseg.tiling`): True for the default scales, a scale (2 = a 2x2 grid of
+                overlapping windows), several scales, or a `TileOptions`. The global prediction gates the tiles;
+                an image no larger than the model input gives exactly the global result.
 
         Raises:
             RuntimeError: `set_image` was not called.
-            ValueError: no prompts, an empty text prompt, unknown templates.
+            ValueError: no prompts, an empty text prompt, unknown templates, bad tile options.
         """
         if self._features is None or self._original_size is None:
             raise RuntimeError("no image set: call predictor.set_image(image) before predict(...)")
         positive, negatives = _as_list(prompts), _as_list(negative)
         if not positive:
             raise ValueError("predict needs at least one prompt")
+        tile_options = TileOptions.parse(tiles)
         with torch.inference_mode():
             conditionals = self.encode_prompts(
                 [*positive, *negatives], templates=templates, ensemble=ensemble, seed=seed
             )
             logits = self.decode(self._features, conditionals, torch.zeros(len(conditionals), dtype=torch.long))
+            if tile_options is not None:
+                logits = self._tiled_logits(self._image, logits, conditionals, tile_options, cache=True)
         return Prediction(
             tuple(_name(p) for p in positive), logits[: len(positive)], logits[len(positive) :], self._original_size
         )
@@ -240,12 +286,14 @@ class Predictor:
         templates: Templates = "plain",
         ensemble: bool = False,
         seed: int = 0,
+        tiles: TilesInput = None,
     ) -> list[Prediction]:
         """Segment several images with the same prompts: the backbone runs over the images in batches of
         `BACKBONE_CHUNK`, the decoder over all image-prompt pairs. Does not change the image stored by `set_image`. Arguments as `predict`."""
         positive, negatives = _as_list(prompts), _as_list(negative)
         if not positive:
             raise ValueError("predict_batch needs at least one prompt")
+        tile_options = TileOptions.parse(tiles)
         if not images:
             return []
         rgb_images = [load_image(image) for image in images]
@@ -257,10 +305,15 @@ class Predictor:
             count = len(conditionals)
             image_index = torch.arange(len(rgb_images)).repeat_interleave(count)
             logits = self.decode(features, conditionals.repeat(len(rgb_images), 1), image_index)
+            per_image = [logits[index * count : (index + 1) * count] for index in range(len(rgb_images))]
+            if tile_options is not None:
+                per_image = [
+                    self._tiled_logits(image, own, conditionals, tile_options)
+                    for image, own in zip(rgb_images, per_image, strict=True)
+                ]
         names = tuple(_name(p) for p in positive)
         predictions = []
-        for index, image in enumerate(rgb_images):
-            own = logits[index * count : (index + 1) * count]
+        for image, own in zip(rgb_images, per_image, strict=True):
             predictions.append(
                 Prediction(names, own[: len(positive)], own[len(positive) :], (image.height, image.width))
             )
@@ -371,6 +424,40 @@ class Predictor:
         masks = [torch.from_numpy(resize_mask(mask, size)) for _, mask in prompt.examples]
         self._remember(key, self.encode_supports(pixels, masks, prompt.variant).mean(dim=0))
         return self._recall(key)
+
+    def _tiled_logits(
+        self,
+        image: Image.Image,
+        global_logits: torch.Tensor,
+        conditionals: torch.Tensor,
+        options: TileOptions,
+        *,
+        cache: bool = False,
+    ) -> torch.Tensor:
+        """Global logits (N, s, s) -> fused logits (N, h, w) of the global pass and `options`' tiles (unchanged
+        when the image needs no tiles). The backbone runs over the tiles in batches of `BACKBONE_CHUNK`; with
+        `cache`, the tile activations are kept for later `predict` calls on the same image and options."""
+        tiles = plan_tiles(image.height, image.width, options, tile_size=self.image_size)
+        if not tiles:
+            return global_logits
+        if cache and self._tile_features is not None and self._tile_features[0] == tiles:
+            features = self._tile_features[1]
+        else:
+            features = self.extract_features([image.crop(tile.box) for tile in tiles])
+            if cache:
+                self._tile_features = (tiles, features)
+        count = len(conditionals)
+        tile_index = torch.arange(len(tiles)).repeat_interleave(count)
+        tile_logits = self.decode(features, conditionals.repeat(len(tiles), 1), tile_index)
+        return fuse(
+            global_logits,
+            tile_logits.view(len(tiles), count, *tile_logits.shape[-2:]),
+            tiles,
+            (image.height, image.width),
+            options,
+            tile_size=self.image_size,
+            token_grid=self.image_size // self.model.config.vision.patch_size,
+        )
 
     def extract_features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """Backbone activations of RGB images (from `load_image`), in batches of `BACKBONE_CHUNK`: one tensor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .common import DEFAULT_MODEL, EXIT_USAGE, CLIError, run_command, stderr_console
@@ -28,6 +29,7 @@ from .options import (
     TemplateSet,
     TemplatesOption,
 )
+from .resolution import RefineOption, TileScalesOption, TilesOption, resolution_settings
 from .runner import RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
 
 if TYPE_CHECKING:
@@ -44,6 +46,9 @@ def labels(
     background_threshold: BackgroundThresholdOption = 0.4,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
+    tiles: TilesOption = False,
+    tile_scales: TileScalesOption = None,
+    refine: RefineOption = None,
     model: ModelOption = DEFAULT_MODEL,
     clip: ClipOption = None,
     extract_layers: LayersOption = None,
@@ -74,6 +79,7 @@ def labels(
             raise CLIError(f"{len(texts)} prompts: a label map holds at most 255", EXIT_USAGE)
         negatives = prompt_texts(negative, "--negative")
         limit_pixels(max_pixels)
+        run_settings = replace(settings, resolution=resolution_settings(tiles, tile_scales, refine))
         console = stderr_console()
         jobs, failures = plan_jobs(inputs, output, console)
         plan_label_outputs(jobs, output)
@@ -92,7 +98,7 @@ def labels(
         prepare_output(output)
         save_json(legend, output / LEGEND_NAME)  # rewritten each run: cheap, and always matches the prompts
         return run_jobs(
-            jobs, failures, output, console, prompts=texts, negatives=negatives, write=write, settings=settings
+            jobs, failures, output, console, prompts=texts, negatives=negatives, write=write, settings=run_settings
         )
 
     exit_with(run_command(body, debug=debug))

@@ -28,6 +28,7 @@ from .common import (
 )
 from .jobs import Failure, Job
 from .options import Backend, Precision, TemplateSet
+from .resolution import Resolution
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -60,11 +61,14 @@ class RunSettings:
     templates: TemplateSet
     ensemble: bool
     debug: bool
+    resolution: Resolution = field(default_factory=Resolution)
 
     @classmethod
     def from_arguments(cls, command: str, arguments: Mapping[str, Any]) -> RunSettings:
-        """The settings of `command`, taken by name from its arguments (a command passes its `locals()`)."""
-        return cls(command=command, **{f.name: arguments[f.name] for f in fields(cls) if f.name != "command"})
+        """The settings of `command`, taken by name from its arguments (a command passes its `locals()`);
+        `resolution` is added with `dataclasses.replace` once its options are checked."""
+        names = [f.name for f in fields(cls) if f.name not in ("command", "resolution")]
+        return cls(command=command, **{name: arguments[name] for name in names})
 
 
 @dataclass(frozen=True)
@@ -207,8 +211,20 @@ def make_predict(
 ) -> Callable[[list[Image.Image]], list[Prediction]]:
     """Load the model and return the function that runs it over a batch of images with the run's prompts."""
     predictor = load_predictor(settings, console)
-    options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
-    return lambda images: predictor.predict_batch(images, prompts, negative=negatives, **options)
+    options = {
+        "templates": settings.templates.value,
+        "ensemble": settings.ensemble,
+        "tiles": settings.resolution.tiles,
+    }
+    method = settings.resolution.refine
+
+    def predict(images: list[Image.Image]) -> list[Prediction]:
+        predictions = predictor.predict_batch(images, prompts, negative=negatives, **options)
+        if method is None:
+            return predictions
+        return [prediction.refined(image, method) for prediction, image in zip(predictions, images, strict=True)]
+
+    return predict
 
 
 def load_predictor(settings: RunSettings, console: Console | None) -> Predictor:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import DEFAULT_MODEL, EXIT_USAGE, CLIError, one_line, run_command, stderr_console
+from .common import DEFAULT_MODEL, EXIT_USAGE, CLIError, one_line, print_line, run_command, stderr_console
 from .jobs import Failure, Job, plan_jobs, plan_segment_outputs, prepare_output
 from .options import (
     Backend,
@@ -52,6 +53,16 @@ from .options import (
     WatchOption,
     WorkersOption,
 )
+from .resolution import (
+    AlphaMattingOption,
+    MattingBackgroundOption,
+    MattingErodeOption,
+    MattingForegroundOption,
+    RefineOption,
+    TileScalesOption,
+    TilesOption,
+    resolution_settings,
+)
 from .runner import EngineSettings, RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
 from .watching import watch_jobs
 
@@ -86,6 +97,13 @@ def segment(
     erode: ErodeOption = 0.0,
     invert: InvertOption = False,
     feather: FeatherOption = 0.0,
+    tiles: TilesOption = False,
+    tile_scales: TileScalesOption = None,
+    refine: RefineOption = None,
+    alpha_matting: AlphaMattingOption = False,
+    alpha_matting_foreground: MattingForegroundOption = None,
+    alpha_matting_background: MattingBackgroundOption = None,
+    alpha_matting_erode: MattingErodeOption = None,
     model: ModelOption = DEFAULT_MODEL,
     clip: ClipOption = None,
     extract_layers: LayersOption = None,
@@ -120,6 +138,17 @@ def segment(
         limit_pixels(max_pixels)
         run_engine = _engine(engine, ray_address, workers)
         console = stderr_console()
+        matting = None
+        if alpha_matting:
+            given = {
+                "foreground": alpha_matting_foreground,
+                "background": alpha_matting_background,
+                "erode": alpha_matting_erode,
+            }
+            matting = {key: value for key, value in given.items() if value is not None}
+            if OutputFormat.cutout not in formats:
+                print_line(console, "note: --alpha-matting only changes cut-outs: add -f cutout")
+        run_settings = replace(settings, resolution=resolution_settings(tiles, tile_scales, refine, matting))
         image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
         prompts, names = combine_prompts(texts, image_prompt, mix)
         entry_names = [" or ".join(names)] if union else names
@@ -136,13 +165,15 @@ def segment(
 
         def write(job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
             redo = overwrite or job.redo
-            return _write_segmentation(job, image, prediction, formats, options, union, entry_names, redo, rows)
+            return _write_segmentation(
+                job, image, prediction, formats, options, union, entry_names, redo, rows, matting
+            )
 
         prepare_output(output)
         if watch:
             return watch_jobs(
                 inputs or [], output, console, plan=plan, prompts=prompts, negatives=negatives, write=write,
-                settings=settings, settle=settle,
+                settings=run_settings, settle=settle,
             )
         jobs, failures = plan(console)
         return run_jobs(
@@ -153,7 +184,7 @@ def segment(
             prompts=prompts,
             negatives=negatives,
             write=write,
-            settings=settings,
+            settings=run_settings,
             engine=run_engine,
             manifest=_manifest_writer(manifest, entry_names, model, threshold, overwrite),
         )
@@ -223,6 +254,7 @@ def _write_segmentation(
     entry_names: list[str],
     overwrite: bool,
     rows: RowSettings | None = None,
+    matting: dict | None = None,
 ) -> tuple[int, list[dict]]:
     """Write the job's missing files (all with `overwrite`); returns (files written, manifest rows: with `rows`,
     one per prompt whether or not its files were written now)."""
@@ -267,6 +299,11 @@ def _write_segmentation(
                 save_image(heatmap_overlay(image, probabilities), path)
             elif fmt == OutputFormat.overlay:
                 save_image(mask_overlay(image, alpha, colour=colours[index + 1]), path)
+            elif fmt == OutputFormat.cutout and matting is not None:
+                from ..refine import alpha_matte
+
+                matte = alpha_matte(probabilities, image, **matting)
+                save_image(cutout(image, 1.0 - matte if options.invert else matte), path)
             elif fmt == OutputFormat.cutout:
                 save_image(cutout(image, alpha), path)
             written += 1
