@@ -14,6 +14,7 @@ import torch
 
 from clipseg import load_model
 from clipseg.evaluation.config import config_from_dict, load_config
+from clipseg.evaluation.engine import Runtime
 from clipseg.evaluation.inference import (
     Placement,
     Segmenter,
@@ -184,10 +185,11 @@ def test_zero_shot_argmax_weights_the_background_prompt(benchmarks, tiny_model_d
 
     segmenter = Segmenter(load_model(str(tiny_model_dir)), image_size=IMAGE_SIZE)
     image_id = zero_shot.voc.image_ids[0]
-    counts = zero_shot._confusion(segmenter, [image_id], zero_shot.options)[0]
-    assert counts[:, 0].sum() == counts.sum()  # everything predicted background
+    runtime = Runtime(config)
+    [(read_id, counts)] = zero_shot._confusion(segmenter, [image_id], zero_shot.options, runtime)
+    assert read_id == image_id and counts[:, 0].sum() == counts.sum()  # everything predicted background
     without = zero_shot.options_for(None).__class__(background_weight=None)
-    counts = zero_shot._confusion(segmenter, [image_id], without)[0]
+    counts = zero_shot._confusion(segmenter, [image_id], without, runtime)[0][1]
     assert counts[:, 20].sum() == counts.sum()  # the highest class (tvmonitor) everywhere
 
 

@@ -166,7 +166,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
     assert checkpoint.step == 6 and checkpoint.metadata["train_config"]["optim"]["max_iterations"] == 6
     assert checkpoint.metadata["model_config"]["decoder"]["reduce_dim"] == 16
     assert set(checkpoint.weights()) == {f"decoder.{k}" for k in resumed.model.decoder.state_dict()}
-    assert set(checkpoint.training_state()) == {"optimizer", "scheduler", "scaler", "rng"}
+    assert set(checkpoint.training_state()) == {"optimizer", "scheduler", "scaler", "rng", "loss_window", "bad_samples"}
 
     with pytest.raises(ValueError, match="cannot change optim.lr"):
         Trainer.resume(tmp_path / "b", overrides=["optim.lr=0.1"], train_dataset=shapes_dataset())

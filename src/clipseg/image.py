@@ -119,7 +119,7 @@ def preprocess(
     height, width = (size, size) if isinstance(size, int) else size
     if image.mode != "RGB":
         raise ValueError(f"preprocess expects an RGB image (use load_image), got mode {image.mode}")
-    resized = image.resize((width, height), Image.Resampling.BILINEAR) if image.size != (width, height) else image
+    resized = bounded_resize(image, (width, height)) if image.size != (width, height) else image
     pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -131,24 +131,46 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     so that an object smaller than one output pixel still leaves a non-zero trace."""
     height, width = (size, size) if isinstance(size, int) else size
     image = Image.fromarray(mask.astype(np.float32), mode="F")
-    return np.clip(np.asarray(image.resize((width, height), Image.Resampling.BILINEAR)), 0.0, 1.0)
+    return np.clip(np.asarray(bounded_resize(image, (width, height))), 0.0, 1.0)
+
+
+def bounded_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """PIL's bilinear resize to (width, height), in memory bounded by the input and output.
+
+    Pillow resizes the width first, keeping every input row: a 1 x 20,000,000 image going to 352 x 352 would pass
+    through a 352 x 20,000,000 intermediate (28 GB). When that intermediate is several times the input, the height
+    is resized first instead (the same filter, rounded once more in between); other images are resized exactly as
+    before, in one call."""
+    width, height = size
+    if width * image.height > 4 * image.width * image.height and height < image.height:
+        image = image.resize((image.width, height), Image.Resampling.BILINEAR)
+    return image.resize((width, height), Image.Resampling.BILINEAR)
 
 
 def _open_file(path: Path) -> Image.Image:
     return _to_rgb(_read_file(path), str(path))
 
 
-def _read_file(path: Path) -> Image.Image:
+def read_image_file(path: str | os.PathLike, *, orient: bool = False) -> Image.Image:
+    """Decode an image file completely, in its own mode; every problem is an `ImageLoadError` (or
+    FileNotFoundError) naming the file. Without `orient` the pixels stay as stored, which is what dataset
+    annotations (polygons, masks, boxes) refer to."""
+    return _read_file(Path(path), orient=orient)
+
+
+def _read_file(path: Path, *, orient: bool = True) -> Image.Image:
     """Decode a file completely (so truncation shows here), oriented but in its own mode."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a directory, not an image file")
+    if not path.is_file():  # a FIFO or device could block or never end
+        raise ImageLoadError(f"{path}: not a regular file, expected an image file")
     try:
         if path.stat().st_size == 0:
             raise ImageLoadError(f"{path}: empty file (0 bytes)")
         with open(path, "rb") as file:
-            return _decode(file, str(path))
+            return _decode(file, str(path), orient=orient)
     except PermissionError:
         raise ImageLoadError(f"{path}: permission denied") from None
 
@@ -169,7 +191,7 @@ def decode_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int | N
     return _decode(io.BytesIO(data), name, max_pixels)
 
 
-def _decode(file: BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
+def _decode(file: BinaryIO, name: str, max_pixels: int | None = None, *, orient: bool = True) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; refuse those images as well.
@@ -180,9 +202,13 @@ def _decode(file: BinaryIO, name: str, max_pixels: int | None = None) -> Image.I
                         f"{name}: {opened.width}x{opened.height} image has more than the allowed "
                         f"{max_pixels:,} pixels"
                     )
+                frames = getattr(opened, "n_frames", 1)
+                if frames > 1:
+                    kind = "pages" if opened.format == "TIFF" else "frames"
+                    warnings.warn(f"{name}: {opened.format} image with {frames} {kind}; only the first is used", stacklevel=4)
                 opened.load()
                 # Orient while the file is open: TIFF keeps its orientation tag outside `info`.
-                return _oriented(opened, name)
+                return _oriented(opened, name) if orient else opened.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLargeError(
             f"{name}: image larger than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "

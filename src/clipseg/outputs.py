@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from .fileio import atomic_write, write_text
 from .messages import shorten
@@ -26,6 +26,7 @@ from .messages import shorten
 # Bytes (UTF-8) of one name component: image stem and prompt each; the whole name stays far below 255 bytes.
 MAX_NAME_BYTES = 80
 JPEG_QUALITY = 92
+JPEG_MAX_SIDE = 65535  # the JPEG format's limit
 OVERLAY_ALPHA = 0.5
 # Perceptually ordered colour stops (dark purple -> yellow) interpolated into a 256-entry heatmap table.
 _HEATMAP_STOPS = np.array(
@@ -102,6 +103,11 @@ def unique_names(texts: Sequence[str], **kwargs: Any) -> list[str]:
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
     """Atomically save a PIL image; the format follows the suffix (JPEG at quality 92)."""
     suffix = Path(path).suffix.lower()
+    if suffix in (".jpg", ".jpeg") and max(image.size) > JPEG_MAX_SIDE:
+        raise ValueError(
+            f"{path}: a JPEG holds at most {JPEG_MAX_SIDE:,} pixels per side and this image is "
+            f"{image.width:,}x{image.height:,}; use a PNG output (mask, soft, cutout) for it"
+        )
     if suffix in (".jpg", ".jpeg"):
         with atomic_write(path) as file:
             image.convert("RGB").save(file, format="JPEG", quality=JPEG_QUALITY)
@@ -167,10 +173,17 @@ def mask_overlay(
     sets the fill's opacity per pixel; its outline is drawn at 0.5."""
     _check_size(image, mask)
     coverage = np.asarray(mask, dtype=np.float32)
-    binary = Image.fromarray(((coverage >= 0.5) * 255).astype(np.uint8), mode="L")
+    binary = ((coverage >= 0.5) * 255).astype(np.uint8)
     thickness = max(1, round(max(image.size) / 400))
-    # Outline = the mask grown by `thickness` (a square max filter, all in 8-bit) minus the mask itself.
-    outline = ImageChops.subtract(binary.filter(ImageFilter.MaxFilter(2 * thickness + 1)), binary)
+    # Outline = the mask grown by `thickness` (a square max filter, separable, so any size works even on a
+    # 1 x 20,000,000 image, where Pillow's MaxFilter refuses the size) minus the mask itself.
+    from scipy import ndimage
+
+    # A window wider than the image along an axis is the whole axis (mode "nearest"): clip it, or scipy pads
+    # every 1-pixel column of a very wide image to the full window.
+    window = tuple(2 * min(thickness, length - 1) + 1 for length in binary.shape)
+    grown = ndimage.maximum_filter(binary, size=window, mode="nearest")
+    outline = Image.fromarray(grown - binary, mode="L")
     fill = mask_image(np.clip(coverage, 0.0, 1.0) * alpha)
     weight = ImageChops.lighter(fill, outline)
     return Image.composite(Image.new("RGB", image.size, colour), image.convert("RGB"), weight)

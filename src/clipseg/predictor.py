@@ -154,12 +154,7 @@ class Prediction:
 
     def _full_size_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, h, w) logits -> (N, H, W) probabilities, in one new tensor (8 full-HD maps are 64 MB)."""
-        height, width = self.image_size
-        shrinking = height < logits.shape[-2] or width < logits.shape[-1]
-        upsampled = F.interpolate(
-            logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking
-        )
-        return upsampled[:, 0].sigmoid_()
+        return upsample_logits(logits, self.image_size).sigmoid_()
 
     def _with_negatives(self, probabilities: torch.Tensor) -> torch.Tensor:
         """`probabilities` (a tensor of our own) times ∏(1 - p(negative)), in place."""
@@ -168,6 +163,26 @@ class Prediction:
         if self._negative_factor is None:
             self._negative_factor = (1.0 - self._full_size_probabilities(self.negative_logits)).prod(dim=0)
         return probabilities.mul_(self._negative_factor)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) logits -> (N, H, W) float32, bilinear (antialiased along a shrinking axis).
+
+    Bilinear resizing is separable, so it runs as two one-axis passes, the shrinking (or least growing) axis
+    first: the intermediate then never exceeds the output. A single 2-D call would resize the width first, which
+    for a 20,000,000 x 1 image is a 352 x 20,000,000 intermediate (28 GB)."""
+    height, width = size
+    maps = logits[:, None].float()
+    h, w = maps.shape[-2:]
+    # Elements of the intermediate: height-first is (height, w), width-first is (h, width).
+    steps = [(height, w), (height, width)] if height * w <= h * width else [(h, width), (height, width)]
+    for step_height, step_width in steps:
+        if (step_height, step_width) != tuple(maps.shape[-2:]):
+            shrinking = step_height < maps.shape[-2] or step_width < maps.shape[-1]
+            maps = F.interpolate(
+                maps, size=(step_height, step_width), mode="bilinear", align_corners=False, antialias=shrinking
+            )
+    return maps[:, 0]
 
 
 class Predictor:

@@ -22,7 +22,7 @@ import ftfy
 import regex
 import torch
 
-from .fileio import write_text
+from .fileio import MAX_TOKENIZER_BYTES, read_json_file, read_limited_text, write_text
 from .messages import shorten
 
 SOT_TOKEN = "<|startoftext|>"
@@ -153,21 +153,25 @@ class CLIPTokenizer:
         directory = Path(directory)
         vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
         for path in (vocab_path, merges_path):
-            if not path.is_file():
+            if not path.exists():
                 raise FileNotFoundError(f"{path} not found; a CLIP tokenizer directory needs vocab.json and merges.txt")
-        try:
-            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{vocab_path} is not valid JSON: {error}") from error
-        if not isinstance(vocab, dict) or not all(isinstance(token_id, int) for token_id in vocab.values()):
-            raise ValueError(f"{vocab_path} must map token strings to integer ids")
-        lines = merges_path.read_text(encoding="utf-8").split("\n")
+        vocab = read_json_file(vocab_path, MAX_TOKENIZER_BYTES, "tokenizer vocabulary")
+        if not isinstance(vocab, dict) or not all(
+            isinstance(token_id, int) and not isinstance(token_id, bool) and token_id >= 0 for token_id in vocab.values()
+        ):
+            raise ValueError(f"{vocab_path}: not a vocabulary (expected a JSON object mapping tokens to ids >= 0)")
+        lines = read_limited_text(merges_path, MAX_TOKENIZER_BYTES, "BPE merges file").split("\n")
         merges = [
             _parse_merge(line, merges_path, number)
             for number, line in enumerate(lines, start=1)
             if line.strip() and not (number == 1 and line.startswith("#version"))
         ]
-        return cls(vocab, merges)
+        if not merges:
+            raise ValueError(f"{merges_path}: no merges (an empty BPE merges file would split every word into bytes)")
+        try:
+            return cls(vocab, merges)
+        except ValueError as error:
+            raise ValueError(f"{vocab_path}: {error}") from None
 
     @classmethod
     @functools.lru_cache(maxsize=1)
@@ -197,6 +201,11 @@ class CLIPTokenizer:
     def vocab_size(self) -> int:
         """Number of tokens in the vocabulary (49408 for OpenAI's)."""
         return len(self._token_to_id)
+
+    @property
+    def max_id(self) -> int:
+        """The largest token id; the text tower needs at least `max_id + 1` token embeddings."""
+        return max(self._token_to_id.values())
 
     @property
     def sot_token_id(self) -> int:

@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from .fileio import MAX_CONFIG_BYTES, read_limited_text
+
 BASE_KEY = "base"
 
 
@@ -47,7 +49,8 @@ def read_yaml(path: str | os.PathLike, *, what: str = "config") -> dict[str, Any
 
 def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # A regular UTF-8 file of bounded size: a FIFO or /dev/zero named as a config must not hang the run.
+        data = yaml.safe_load(read_limited_text(path, MAX_CONFIG_BYTES, "YAML config"))
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     data = {} if data is None else data

@@ -32,11 +32,14 @@ class Outcome(Generic[JobT]):
     rows: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     trace: str | None = None  # traceback of the error, for --debug
+    storage_full: bool = False  # the output storage took no more files: every further image would fail too
 
 
 def failure_reason(source: str, error: BaseException) -> str:
     """A one-line reason for a failed image, without the source name in front (the caller names it)."""
     text = " ".join(str(error).split())
+    if isinstance(error, OSError) and error.filename and str(error.filename) != source:
+        return f"cannot write {error.filename}: {error.strerror or text}"  # an output file, not the input
     reason = text if isinstance(error, (OSError, ValueError)) else f"{type(error).__name__}: {text}"
     return reason.removeprefix(f"{source}: ")
 
@@ -57,12 +60,20 @@ def run_batch(
         except Exception as error:  # a batch the model cannot run fails its images; the run goes on
             predictions = None
             outcomes.update({id(job): _failed(job, error, source_of) for job, _ in images})
+        full: Outcome[JobT] | None = None
         for (job, image), prediction in zip(images, predictions or [], strict=False):
+            if full is not None:  # the storage is full: the rest of the batch would fail the same way
+                outcomes[id(job)] = Outcome(job, error=full.error, storage_full=True)
+                continue
             try:
                 written, rows = write(job, image, prediction)
                 outcomes[id(job)] = Outcome(job, written, rows)
             except Exception as error:
-                outcomes[id(job)] = _failed(job, error, source_of)
+                outcome = outcomes[id(job)] = _failed(job, error, source_of)
+                # Set by the CLI's writer: the files written before the error, and a full output storage.
+                outcome.files_written = getattr(error, "files_written", 0)
+                outcome.storage_full = getattr(error, "storage_full", False)
+                full = outcome if outcome.storage_full else None
     return [outcomes[id(job)] for job, _ in loaded]
 
 

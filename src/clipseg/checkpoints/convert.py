@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
+from ..model.config import CLIPSegConfig, ConfigError, DecoderConfig, TextConfig, VisionConfig
 
 StateDict = dict[str, torch.Tensor]
 
@@ -178,65 +178,119 @@ def original_to_ours(state: Mapping[str, torch.Tensor]) -> tuple[StateDict, list
 # ---- configs ------------------------------------------------------------------------------------------------
 
 
-def _activation(name: str, source: str) -> str:
-    if name not in ("quick_gelu", "gelu"):
-        raise ConversionError(f"{source}: unsupported activation {name!r} (quick_gelu or gelu)")
-    return name
+# Our config fields -> transformers' config.json keys (within `vision_config` / `text_config`) and defaults.
+_HF_VISION_FIELDS = {
+    "width": ("hidden_size", 768),
+    "layers": ("num_hidden_layers", 12),
+    "heads": ("num_attention_heads", 12),
+    "mlp_width": ("intermediate_size", 3072),
+    "patch_size": ("patch_size", 32),
+    "image_size": ("image_size", 224),
+    "activation": ("hidden_act", "quick_gelu"),
+    "layer_norm_eps": ("layer_norm_eps", 1e-5),
+}
+_HF_TEXT_FIELDS = {
+    "vocab_size": ("vocab_size", 49408),
+    "context_length": ("max_position_embeddings", 77),
+    "width": ("hidden_size", 512),
+    "layers": ("num_hidden_layers", 12),
+    "heads": ("num_attention_heads", 8),
+    "mlp_width": ("intermediate_size", 2048),
+    "activation": ("hidden_act", "quick_gelu"),
+    "layer_norm_eps": ("layer_norm_eps", 1e-5),
+}
+_HF_DECODER_FIELDS = {
+    "reduce_dim": ("reduce_dim", 64),
+    "heads": ("decoder_num_attention_heads", 4),
+    "mlp_width": ("decoder_intermediate_size", 2048),
+    "extract_layers": ("extract_layers", (3, 6, 9)),
+    "cond_layer": ("conditional_layer", 0),
+}
+
+
+def _section(config: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
+    # Configs written by transformers before v4.26 may keep the towers under `*_config_dict`.
+    key = name if config.get(name) is not None else f"{name}_dict"
+    section = config.get(key) or {}
+    if not isinstance(section, Mapping):
+        raise ConversionError(f"{source}: {key} is a {type(section).__name__}, expected an object of settings")
+    return section
+
+
+def _hf_values(section: Mapping[str, Any], fields: Mapping[str, tuple[str, Any]]) -> dict[str, Any]:
+    values = {ours: section.get(key, default) for ours, (key, default) in fields.items()}
+    if isinstance(values.get("extract_layers"), list):
+        values["extract_layers"] = tuple(values["extract_layers"])
+    return values
+
+
+def _renamed(error: ConfigError, names: Mapping[str, str], source: str) -> ConversionError:
+    """A config problem reported under the key of the file it came from."""
+    return ConversionError(f"{source}: {error.renamed(names.get(error.key, error.key))}")
+
+
+def _hf_names(vision_key: str = "vision_config", text_key: str = "text_config") -> dict[str, str]:
+    names = {f"vision.{ours}": f"{vision_key}.{key}" for ours, (key, _) in _HF_VISION_FIELDS.items()}
+    names |= {f"text.{ours}": f"{text_key}.{key}" for ours, (key, _) in _HF_TEXT_FIELDS.items()}
+    names |= {f"decoder.{ours}": key for ours, (key, _) in _HF_DECODER_FIELDS.items()}
+    names |= {"vision.output_dim": "projection_dim", "text.output_dim": "projection_dim"}
+    names |= {"decoder.head": "use_complex_transposed_convolution", "image_size": "size"}
+    return names
 
 
 def hf_towers_to_ours(config: Mapping[str, Any], source: str) -> tuple[VisionConfig, TextConfig]:
-    """The vision/text parts of a transformers CLIP or CLIPSeg config.json."""
-    # Configs written by transformers before v4.26 may keep the towers under `*_config_dict`.
-    vision = config.get("vision_config") or config.get("vision_config_dict") or {}
-    text = config.get("text_config") or config.get("text_config_dict") or {}
+    """The vision/text parts of a transformers CLIP or CLIPSeg config.json (`source` names the file)."""
+    if not isinstance(config, Mapping):
+        raise ConversionError(f"{source}: holds a {type(config).__name__}, expected a JSON object of settings")
+    vision = _hf_values(_section(config, "vision_config", source), _HF_VISION_FIELDS)
+    text = _hf_values(_section(config, "text_config", source), _HF_TEXT_FIELDS)
     projection = config.get("projection_dim", 512)
-    vision_config = VisionConfig(
-        width=vision.get("hidden_size", 768),
-        layers=vision.get("num_hidden_layers", 12),
-        heads=vision.get("num_attention_heads", 12),
-        mlp_width=vision.get("intermediate_size", 3072),
-        patch_size=vision.get("patch_size", 32),
-        image_size=vision.get("image_size", 224),
-        output_dim=projection,
-        activation=_activation(vision.get("hidden_act", "quick_gelu"), source),
-        layer_norm_eps=vision.get("layer_norm_eps", 1e-5),
-    )
-    text_config = TextConfig(
-        vocab_size=text.get("vocab_size", 49408),
-        context_length=text.get("max_position_embeddings", 77),
-        width=text.get("hidden_size", 512),
-        layers=text.get("num_hidden_layers", 12),
-        heads=text.get("num_attention_heads", 8),
-        mlp_width=text.get("intermediate_size", 2048),
-        output_dim=projection,
-        activation=_activation(text.get("hidden_act", "quick_gelu"), source),
-        layer_norm_eps=text.get("layer_norm_eps", 1e-5),
-    )
-    return vision_config, text_config
+    try:
+        return (
+            _built(VisionConfig, {**vision, "output_dim": projection}, "vision"),
+            _built(TextConfig, {**text, "output_dim": projection}, "text"),
+        )
+    except ConfigError as error:
+        raise _renamed(error, _hf_names(), source) from None
 
 
-def hf_clipseg_config_to_ours(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, source: str) -> CLIPSegConfig:
-    """A transformers CLIPSeg config.json (+ preprocessor_config.json) -> our config."""
+def _built(kind: type, values: Mapping[str, Any], section: str) -> Any:
+    try:
+        return kind(**values)
+    except ConfigError as error:
+        raise error.within(section) from None
+
+
+def hf_clipseg_config_to_ours(
+    config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, source: str, preprocessor_source: str = ""
+) -> CLIPSegConfig:
+    """A transformers CLIPSeg config.json (+ preprocessor_config.json) -> our config. `source` and
+    `preprocessor_source` name the two files in error messages."""
     vision, text = hf_towers_to_ours(config, source)
-    decoder = DecoderConfig(
-        reduce_dim=config.get("reduce_dim", 64),
-        heads=config.get("decoder_num_attention_heads", 4),
-        mlp_width=config.get("decoder_intermediate_size", 2048),
-        extract_layers=tuple(config.get("extract_layers", (3, 6, 9))),
-        cond_layer=config.get("conditional_layer", 0),
-        head="refined" if config.get("use_complex_transposed_convolution", False) else "simple",
-    )
-    extra = {}
+    values = _hf_values(config, _HF_DECODER_FIELDS)
+    complex_head = config.get("use_complex_transposed_convolution", False)
+    if not isinstance(complex_head, bool):
+        raise ConversionError(f"{source}: use_complex_transposed_convolution = {complex_head!r}: expected true or false")
+    values["head"] = "refined" if complex_head else "simple"
+    extra: dict[str, Any] = {}
+    if preprocessor is not None and not isinstance(preprocessor, Mapping):
+        raise ConversionError(f"{preprocessor_source}: holds a {type(preprocessor).__name__}, expected a JSON object")
     if preprocessor:
         size = preprocessor.get("size")
         if isinstance(size, Mapping):
             size = size.get("height", size.get("shortest_edge"))
-        if isinstance(size, int):
+        if size is not None:
             extra["image_size"] = size
         for field in ("image_mean", "image_std"):
             if field in preprocessor:
-                extra[field] = tuple(preprocessor[field])
-    return CLIPSegConfig(vision=vision, text=text, decoder=decoder, **extra)
+                value = preprocessor[field]
+                extra[field] = tuple(value) if isinstance(value, list) else value
+    try:
+        return CLIPSegConfig(vision=vision, text=text, decoder=_built(DecoderConfig, values, "decoder"), **extra)
+    except ConfigError as error:
+        if error.key in extra:
+            raise _renamed(error, _hf_names(), preprocessor_source or source) from None
+        raise _renamed(error, _hf_names(), source) from None
 
 
 def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
@@ -272,6 +326,8 @@ def openai_towers_from_shapes(state: Mapping[str, torch.Tensor], source: str) ->
         )
     except KeyError as missing:
         raise ConversionError(f"{source}: not an OpenAI CLIP ViT checkpoint (no {missing.args[0]})") from None
+    except (ConfigError, IndexError) as error:
+        raise ConversionError(f"{source}: the tensor shapes do not describe a CLIP ViT ({error})") from None
     if grid * grid + 1 != positions:
         raise ConversionError(f"{source}: {positions} position embeddings do not form a square grid plus CLS")
     return vision, text
@@ -290,4 +346,7 @@ def original_decoder_from_shapes(state: Mapping[str, torch.Tensor], extract_laye
             f"{source}: the decoder has {depth} reduce layers but extract_layers={extract_layers} names {len(extract_layers)}"
         )
     head = "refined" if "decoder.trans_conv.0.weight" in state else "simple"
-    return DecoderConfig(reduce_dim=reduce_dim, mlp_width=mlp_width, extract_layers=extract_layers, head=head)
+    try:
+        return DecoderConfig(reduce_dim=reduce_dim, mlp_width=mlp_width, extract_layers=extract_layers, head=head)
+    except ConfigError as error:
+        raise ConversionError(f"{source}: the tensor shapes do not describe a CLIPSeg decoder ({error})") from None

@@ -25,9 +25,9 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from ..fileio import atomic_path
+from ..fileio import UnreadableFileError, atomic_path, read_limited_bytes
 
-__all__ = ["CheckpointError", "read_state_dict", "write_safetensors"]
+__all__ = ["CheckpointError", "declared_state_dict", "load_torch_file", "read_state_dict", "write_safetensors"]
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE_PROTO = 0x80
@@ -58,8 +58,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"cannot read checkpoint {path}: it is a directory, expected a weight file")
-    with path.open("rb") as file:
-        head = file.read(9)
+    head = read_state_dict_head(path)
     if not head:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     if head[:4] in _ZIP_MAGIC:
@@ -70,6 +69,49 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if head[0] == _PICKLE_PROTO:
         return _read_torch_checkpoint(path)
     raise CheckpointError(f"cannot read checkpoint {path}: not a safetensors or PyTorch checkpoint")
+
+
+# safetensors dtype names -> torch dtypes (the ones torch can hold).
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def declared_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The tensors a safetensors file declares in its header, as meta tensors (name, shape, dtype; no data is
+    read or allocated), so that shapes can be checked against an architecture before loading. None for other
+    formats, whose shapes are only known once they are read."""
+    path = Path(path)
+    if read_state_dict_head(path)[:4] in _ZIP_MAGIC:
+        return None
+    if not (path.suffix == ".safetensors" or _looks_like_safetensors(read_state_dict_head(path))):
+        return None
+    try:
+        with safetensors.safe_open(path, framework="pt") as file:
+            declared = {}
+            for name in file.keys():
+                view = file.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES.get(view.get_dtype())
+                if dtype is None:
+                    raise CheckpointError(
+                        f"cannot read checkpoint {path}: tensor {name} has the unsupported dtype {view.get_dtype()}"
+                    )
+                declared[name] = torch.empty(view.get_shape(), dtype=dtype, device="meta")
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: truncated or corrupt safetensors file ({_first_line(error)})"
+        ) from None
+    return declared
+
+
+def read_state_dict_head(path: Path) -> bytes:
+    """The first bytes of a weight file, which tell its format (a regular file is required)."""
+    try:
+        return read_limited_bytes(path, 9, "weight file", allow_larger=True)
+    except UnreadableFileError as error:
+        raise CheckpointError(f"cannot read checkpoint {error}") from None
 
 
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -137,8 +179,17 @@ def _read_zip_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    return _flat_state_dict(load_torch_file(path), path)
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """A ``torch.save`` file read with ``weights_only=True`` (tensors and primitive containers only). A file that
+    would need unsafe unpickling, or is corrupt, raises a one-line CheckpointError naming it; torch's advice to
+    retry with ``weights_only=False`` is never passed on."""
+    path = Path(path)
+    read_state_dict_head(path)  # a regular file, not a FIFO or device
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
             raise CheckpointError(
@@ -149,7 +200,6 @@ def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"cannot read checkpoint {path}: truncated or corrupt PyTorch checkpoint ({_first_line(error)})"
         ) from None
-    return _flat_state_dict(loaded, path)
 
 
 def _refused_global(error: Exception) -> str:
@@ -207,6 +257,15 @@ _STORAGE_DTYPES = {
     "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
+
+
+# Bounds of the module tree of a TorchScript archive (OpenAI's CLIP: depth 6, about 300 modules).
+_MAX_MODULE_DEPTH = 64
+_MAX_MODULES = 100_000
+# PyTorch writes tensor data uncompressed; a compressed entry expanding more than this is refused as a bomb.
+_MAX_COMPRESSION_RATIO = 100
+# data.pkl and code/ files hold only the module structure (tens of KB for CLIP).
+_MAX_METADATA_BYTES = 64 * 1024**2
 
 
 class _ForbiddenGlobal(pickle.UnpicklingError):
@@ -309,10 +368,7 @@ class _TorchScriptArchive:
         if not isinstance(root, _ScriptObject) or not self._declaration(root.qualified_name).is_module:
             raise self._error("data.pkl does not hold a TorchScript module")
         state: dict[str, torch.Tensor] = {}
-        try:
-            self._collect(root, "", state)
-        except RecursionError:
-            raise self._error("the module tree is cyclic or nested too deeply") from None
+        self._collect(root, state)
         if not state:
             raise self._error("the TorchScript module has no parameters or buffers")
         return state
@@ -323,12 +379,18 @@ class _TorchScriptArchive:
     def _check_byte_order(self) -> None:
         name = f"{self._prefix}/byteorder"
         if name in self._archive.namelist():
-            stored = self._archive.read(name).decode("ascii", "replace").strip()
+            stored = self._archive.read(self._small_entry(name)).decode("ascii", "replace").strip()
             if stored != sys.byteorder:
                 raise self._error(f"tensors are stored {stored}-endian, this machine is {sys.byteorder}-endian")
 
+    def _small_entry(self, name: str) -> zipfile.ZipInfo:
+        info = self._archive.getinfo(name)
+        if info.file_size > _MAX_METADATA_BYTES:
+            raise self._error(f"{name} is {info.file_size:,} bytes; at most {_MAX_METADATA_BYTES:,} are expected")
+        return info
+
     def _unpickle_data(self) -> Any:
-        with self._archive.open(f"{self._prefix}/data.pkl") as data:
+        with self._archive.open(self._small_entry(f"{self._prefix}/data.pkl")) as data:
             try:
                 return _RestrictedUnpickler(data, self._load_storage).load()
             except CheckpointError:
@@ -347,6 +409,11 @@ class _TorchScriptArchive:
             except KeyError:
                 raise self._error(f"tensor data {name} is missing") from None
             nbytes = numel * dtype.itemsize
+            if info.compress_type != zipfile.ZIP_STORED and info.file_size > _MAX_COMPRESSION_RATIO * max(1, info.compress_size):
+                raise self._error(
+                    f"tensor data {name} expands {info.file_size // max(1, info.compress_size)}-fold when "
+                    "decompressed (a zip bomb?); PyTorch stores tensor data uncompressed"
+                )
             if info.file_size != nbytes:
                 raise self._error(f"tensor data {name} has {info.file_size} bytes, expected {nbytes}")
             buffer = torch.empty(nbytes, dtype=torch.uint8)
@@ -377,7 +444,7 @@ class _TorchScriptArchive:
         """Record which attributes each class declares as parameters/buffers (parsing only, nothing runs)."""
         if source_name not in self._archive.namelist():
             return
-        source = self._archive.read(source_name).decode("utf-8", "replace")
+        source = self._archive.read(self._small_entry(source_name)).decode("utf-8", "replace")
         try:
             tree = ast.parse(source, filename=source_name)
         except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
@@ -408,17 +475,34 @@ class _TorchScriptArchive:
             raise self._error(f"malformed __parameters__/__buffers__ declaration in {source_name}")
         return frozenset(names)
 
-    def _collect(self, module: _ScriptObject, prefix: str, state: dict[str, torch.Tensor]) -> None:
-        # Same order as Module.state_dict(): own parameters, own buffers, then each submodule.
-        attributes = getattr(module, "state", None)
-        if not isinstance(attributes, dict):
-            raise self._error(f"module object {module.qualified_name} has no attribute dict")
-        declaration = self._declaration(module.qualified_name)
-        for declared in (declaration.parameters, declaration.buffers):
-            for name, value in attributes.items():
-                if name in declared and isinstance(value, torch.Tensor):
-                    # detach() drops any requires_grad/hook state the pickle may have set on the tensor.
-                    state[prefix + name] = value.detach()
-        for name, value in attributes.items():
-            if isinstance(value, _ScriptObject) and self._declaration(value.qualified_name).is_module:
-                self._collect(value, f"{prefix}{name}.", state)
+    def _collect(self, root: _ScriptObject, state: dict[str, torch.Tensor]) -> None:
+        """Walk the module tree depth-first in Module.state_dict() order (own parameters, own buffers, then each
+        submodule). Each object is visited once: a module the pickle shares between parents (a graph, maybe
+        cyclic, rather than a tree) keeps the name of its first path, so a small file cannot make the walk
+        exponential; depth and module count are bounded as well."""
+        visited: set[int] = set()
+        stack: list[tuple[_ScriptObject, str, int]] = [(root, "", 0)]
+        while stack:
+            module, prefix, depth = stack.pop()
+            if id(module) in visited:
+                continue
+            visited.add(id(module))
+            if depth > _MAX_MODULE_DEPTH:
+                raise self._error(f"the module tree is nested deeper than {_MAX_MODULE_DEPTH} levels")
+            if len(visited) > _MAX_MODULES:
+                raise self._error(f"the module tree has more than {_MAX_MODULES:,} modules")
+            attributes = getattr(module, "state", None)
+            if not isinstance(attributes, dict):
+                raise self._error(f"module object {module.qualified_name} has no attribute dict")
+            declaration = self._declaration(module.qualified_name)
+            for declared in (declaration.parameters, declaration.buffers):
+                for name, value in attributes.items():
+                    if name in declared and isinstance(value, torch.Tensor):
+                        # detach() drops any requires_grad/hook state the pickle may have set on the tensor.
+                        state[prefix + name] = value.detach()
+            children = [
+                (value, f"{prefix}{name}.", depth + 1)
+                for name, value in attributes.items()
+                if isinstance(value, _ScriptObject) and self._declaration(value.qualified_name).is_module
+            ]
+            stack.extend(reversed(children))

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, NamedTuple
 
 import torch
 
 from ..model.baselines import CLIPDeconv, ViTSeg
 from ..model.clipseg import CONFIG_NAME, CLIPSeg
-from ..model.config import CLIPSegConfig, DecoderConfig, TextConfig, VisionConfig
+from ..fileio import MAX_CONFIG_BYTES, UnreadableFileError, read_json_file
+from ..model.config import CLIPSegConfig, ConfigError, DecoderConfig, TextConfig, VisionConfig
 from ..thresholds import THRESHOLDS_NAME, Thresholds
 from ..tokenizer import CLIPTokenizer
 from . import convert
-from .io import CheckpointError, read_state_dict
+from .io import CheckpointError, declared_state_dict, read_state_dict, read_state_dict_head
 from .pretrained import DEFAULT_CLIP, HUB_FILE_PATTERNS, HUB_MODELS, ORIGINAL_EXTRACT_LAYERS
 
 # config.json "format" of the directories `save_pretrained` writes -> the class that reads them.
@@ -53,6 +53,8 @@ def load_model(
         raise ValueError("clip= is only used with an original-repository decoder file")
     if path.is_dir():
         model = _with_thresholds(_load_directory(path, layers), path)
+    elif path.exists() and not path.is_file():
+        read_state_dict_head(path)  # raises: a FIFO, socket or device is not a weight file
     elif path.is_file():
         model = _load_original(path, clip if clip is not None else DEFAULT_CLIP, layers)
     elif str(source) in HUB_MODELS or _HUB_ID.match(str(source)):
@@ -94,53 +96,115 @@ def _download(repo_id: str) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder (a regular file of bounded size), else a one-line CheckpointError."""
+    if not path.exists() and not path.is_symlink():
+        raise CheckpointError(f"{path.parent}: no {path.name} (not a model directory)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path.parent}: no {path.name} (not a model directory)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+        data = read_json_file(path, MAX_CONFIG_BYTES, path.name)
+    except (UnreadableFileError, FileNotFoundError) as error:
+        raise CheckpointError(str(error)) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(data).__name__}, expected an object of settings")
+    return data
+
+
+def _weight_files(directory: Path) -> tuple[list[Path], str]:
+    """The weight files of a model directory and the file (or shard index) they come from, for error messages.
+
+    Shard names in an index must be plain relative paths inside `directory` (no absolute paths, no '..')."""
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: no weight_map (an object mapping tensor names to shard files)")
+        shards = sorted({_confined_shard(directory, index, name) for name in weight_map.values()})
+        return [directory / shard for shard in shards], str(index)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).exists():
+            return [directory / name], str(directory / name)
+    raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def _confined_shard(directory: Path, index: Path, name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{index}: weight_map value {name!r} is not a shard file name")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if PureWindowsPath(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+        raise CheckpointError(f"{index}: shard {name!r} lies outside the model directory {directory}")
+    return "/".join(parts)
+
+
+def _read_weights(files: Sequence[Path]) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(read_state_dict(file))
+    return state
+
+
+def _declared_weights(files: Sequence[Path]) -> dict[str, torch.Tensor] | None:
+    """Meta tensors of what safetensors headers declare (None if any file is another format)."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        declared = declared_state_dict(file)
+        if declared is None:
+            return None
+        state.update(declared)
+    return state
 
 
 def _read_directory_weights(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of a model directory and the file (or shard index) they came from, for error messages."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(_read_json(index)["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(read_state_dict(directory / shard))
-        return state, str(index)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return read_state_dict(directory / name), str(directory / name)
-    raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    files, source = _weight_files(directory)
+    return _read_weights(files), source
 
 
 def _tokenizer_for(directory: Path) -> CLIPTokenizer | None:
-    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+    """The tokenizer saved with a model: None if the folder has none (OpenAI's vocabulary then applies); half a
+    tokenizer (vocab.json without merges.txt, or either not a file) is an error rather than a silent fallback."""
+    files = [directory / "vocab.json", directory / "merges.txt"]
+    present = [file for file in files if file.exists() or file.is_symlink()]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = next(file for file in files if file not in present)
+        raise CheckpointError(f"{present[0]} has no {missing.name} beside it; a tokenizer needs both files")
+    try:
         return CLIPTokenizer.from_pretrained(directory)
-    return None
+    except (UnreadableFileError, FileNotFoundError, ValueError) as error:
+        raise CheckpointError(_one_line(error)) from None
+
+
+def _same_layout(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    return dict(state), []
 
 
 def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> CLIPSeg:
-    config_json = _read_json(directory / CONFIG_NAME)
-    state, weights_file = _read_directory_weights(directory)
+    config_path = directory / CONFIG_NAME
+    config_json = _read_json(config_path)
+    files, weights_file = _weight_files(directory)
     tokenizer = _tokenizer_for(directory)
     saved_format = config_json.get("format")
     if saved_format in SAVED_FORMATS:
         saved = {k: v for k, v in config_json.items() if k != "format"}
         if extract_layers is not None:
             decoder = saved.get("decoder", {})
+            if not isinstance(decoder, dict):
+                raise CheckpointError(f"{config_path}: decoder is a {type(decoder).__name__}, expected an object")
             _check_layer_count(extract_layers, decoder.get("extract_layers", DecoderConfig.extract_layers), directory)
             saved["decoder"] = {**decoder, "extract_layers": list(extract_layers)}
         model_class = SAVED_FORMATS[saved_format]
-        return build(lambda: model_class.from_saved_config(saved, tokenizer), state, weights_file)
+        try:
+            with torch.device("meta"):
+                model = model_class.from_saved_config(saved, tokenizer)
+        except (ConfigError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{config_path}: {_one_line(error)}") from None
+        return _fill(model, files, weights_file, _same_layout)
     if config_json.get("model_type") == "clipseg":
         preprocessor_path = directory / "preprocessor_config.json"
-        preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else None
-        config = convert.hf_clipseg_config_to_ours(config_json, preprocessor, str(directory))
-        converted, unused = convert.hf_clipseg_to_ours(state)
+        has_preprocessor = preprocessor_path.exists() or preprocessor_path.is_symlink()
+        preprocessor = _read_json(preprocessor_path) if has_preprocessor else None
+        config = convert.hf_clipseg_config_to_ours(config_json, preprocessor, str(config_path), str(preprocessor_path))
+        converter = convert.hf_clipseg_to_ours
     elif config_json.get("model_type") == "clip":
         raise CheckpointError(
             f"{directory}: a CLIP model without a CLIPSeg decoder; load a decoder file with clip={str(directory)!r}"
@@ -152,10 +216,26 @@ def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> 
         )
     if extract_layers is not None:
         _check_layer_count(extract_layers, config.decoder.extract_layers, directory)
-        config = config.replace(extract_layers=extract_layers)
-    if unused:
-        raise CheckpointError(f"{weights_file}: unexpected keys {_preview(unused)}")
-    return build(lambda: CLIPSeg(config, tokenizer), converted, weights_file)
+        config = _replaced_layers(config, extract_layers)
+    _check_tokenizer_fits(tokenizer, config, directory)
+    with torch.device("meta"):
+        model = CLIPSeg(config, tokenizer)
+    return _fill(model, files, weights_file, converter)
+
+
+def _replaced_layers(config: CLIPSegConfig, extract_layers: tuple[int, ...]) -> CLIPSegConfig:
+    try:
+        return config.replace(extract_layers=extract_layers)
+    except ConfigError as error:
+        raise ValueError(f"--extract-layers: {error}") from None
+
+
+def _check_tokenizer_fits(tokenizer: CLIPTokenizer | None, config: CLIPSegConfig, directory: Path) -> None:
+    if tokenizer is not None and tokenizer.max_id >= config.text.vocab_size:
+        raise CheckpointError(
+            f"{directory / 'vocab.json'}: token id {tokenizer.max_id} does not fit the text tower's "
+            f"{config.text.vocab_size} token embeddings"
+        )
 
 
 def _check_layer_count(override: Sequence[int], saved: Sequence[int], directory: Path) -> None:
@@ -185,8 +265,8 @@ def load_clip(source: str | os.PathLike) -> CLIPWeights:
         config_json = _read_json(path / CONFIG_NAME)
         if config_json.get("model_type") != "clip":
             raise CheckpointError(f"{path}: expected a transformers CLIP model (model_type 'clip')")
+        vision, text = convert.hf_towers_to_ours(config_json, str(path / CONFIG_NAME))
         state, unused = convert.hf_clip_to_ours(_read_directory_weights(path)[0])
-        vision, text = convert.hf_towers_to_ours(config_json, str(path))
         tokenizer = _tokenizer_for(path)
     elif path.is_file():
         raw = read_state_dict(path)
@@ -196,6 +276,9 @@ def load_clip(source: str | os.PathLike) -> CLIPWeights:
             state, unused = convert.openai_clip_to_ours(raw)
         vision, text = convert.openai_towers_from_shapes(state, str(path))
         tokenizer = None
+    elif path.exists():
+        read_state_dict_head(path)  # raises: a FIFO, socket or device is not a weight file
+        raise CheckpointError(f"{path}: not a CLIP weights file or directory")
     else:
         raise FileNotFoundError(f"{source}: no such CLIP weights file or directory")
     if unused:
@@ -221,8 +304,7 @@ def _load_original(path: Path, clip: str | os.PathLike, extract_layers: tuple[in
     if unused:
         raise CheckpointError(f"{path}: unexpected keys {_preview(unused)}")
     decoder = convert.original_decoder_from_shapes(state, extract_layers or ORIGINAL_EXTRACT_LAYERS, str(path))
-    config = CLIPSegConfig(vision=vision, text=text, decoder=decoder)
-    return build(lambda: CLIPSeg(config, tokenizer), state, str(path))
+    return build(lambda: CLIPSeg(CLIPSegConfig(vision=vision, text=text, decoder=decoder), tokenizer), state, str(path))
 
 
 def build(
@@ -232,26 +314,81 @@ def build(
     *,
     may_be_missing: tuple[str, ...] = (),
 ) -> CLIPSeg:
-    """`make_model()` holding the tensors of `state`, the key sets checked exactly: every key the model has must be
-    in `state` except those starting with a prefix in `may_be_missing`, which keep their fresh initialisation.
+    """`make_model()` holding the tensors of `state`, checked by `_check_fits`: every key the model has must be in
+    `state` except those starting with a prefix in `may_be_missing`, which keep their fresh initialisation.
     Without such prefixes the model is built without random init (meta device) and takes the tensors themselves;
     with them, it is initialised and the tensors are copied in."""
     on_meta = not may_be_missing
-    with torch.device("meta") if on_meta else contextlib.nullcontext():
-        model = make_model()
-    expected = set(model.state_dict())
-    missing = {key for key in expected - set(state) if not key.startswith(may_be_missing)}
-    extra = set(state) - expected
+    try:
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
+            model = make_model()
+    except ConfigError as error:
+        raise CheckpointError(f"{source}: the tensor shapes imply an invalid architecture ({error})") from None
+    return _assign(model, state, source, may_be_missing=may_be_missing)
+
+
+def _fill(model: CLIPSeg, files: Sequence[Path], source: str, converter: Callable) -> CLIPSeg:
+    """Give a meta-device model the tensors of `files` in `converter`'s layout. The shapes that safetensors
+    headers declare are checked against the architecture before any tensor data is read."""
+    declared = _declared_weights(files)
+    if declared is not None:
+        _check_fits(model, _converted(converter, declared, source), source)
+    return _assign(model, _converted(converter, _read_weights(files), source), source)
+
+
+def _converted(converter: Callable, state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    converted, unused = converter(state)
+    if unused:
+        raise CheckpointError(f"{source}: unexpected keys {_preview(unused)}")
+    return converted
+
+
+def _check_fits(
+    model: CLIPSeg, state: Mapping[str, torch.Tensor], source: str, *, may_be_missing: tuple[str, ...] = ()
+) -> None:
+    """The key sets must match exactly (but for keys starting with a `may_be_missing` prefix), every tensor must
+    have the expected shape and a compatible dtype (floating point where the model has floating point)."""
+    expected = model.state_dict()
+    missing = {key for key in set(expected) - set(state) if not key.startswith(may_be_missing)}
+    extra = set(state) - set(expected)
     if missing or extra:
         parts = [f"missing keys {_preview(missing)}" if missing else "", f"unexpected keys {_preview(extra)}" if extra else ""]
         raise CheckpointError(f"{source}: " + "; ".join(p for p in parts if p))
+    wrong_dtype = {
+        key: tensor.dtype for key, tensor in state.items() if tensor.is_floating_point() != expected[key].is_floating_point()
+    }
+    if wrong_dtype:
+        dtypes = ", ".join(sorted({str(dtype).removeprefix("torch.") for dtype in wrong_dtype.values()}))
+        raise CheckpointError(
+            f"{source}: tensors of dtype {dtypes} where the architecture has floating point (or the reverse): "
+            f"{_preview(wrong_dtype)}"
+        )
+    wrong_shape = [key for key, tensor in state.items() if tensor.shape != expected[key].shape]
+    if wrong_shape:
+        details = ", ".join(
+            f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})" for key in sorted(wrong_shape)[:4]
+        )
+        more = f" and {len(wrong_shape) - 4} more" if len(wrong_shape) > 4 else ""
+        raise CheckpointError(f"{source}: tensor shapes do not fit the architecture: {details}{more}")
+
+
+def _assign(
+    model: CLIPSeg, state: Mapping[str, torch.Tensor], source: str, *, may_be_missing: tuple[str, ...] = ()
+) -> CLIPSeg:
+    """Check `state` against the model, then load it: on a meta-device model the tensors themselves are taken,
+    otherwise (some keys may be missing) they are copied in."""
+    _check_fits(model, state, source, may_be_missing=may_be_missing)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    try:
-        model.load_state_dict(tensors, strict=on_meta, assign=on_meta)
-    except RuntimeError as error:
-        mismatches = re.findall(r"size mismatch for ([\w.]+)", str(error))
-        raise CheckpointError(f"{source}: tensor shapes do not fit the architecture: {_preview(mismatches)}") from None
+    not_finite = [key for key, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if not_finite:
+        raise CheckpointError(f"{source}: NaN or infinite weights in {_preview(not_finite)}")
+    on_meta = not may_be_missing
+    model.load_state_dict(tensors, strict=on_meta, assign=on_meta)
     return model
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _preview(keys, limit: int = 8) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,11 +190,22 @@ def prepare_output(output: Path) -> None:
 
 
 def _walk(root: Path, skip: Path, suffixes: frozenset[str]) -> Iterator[Path]:
-    for directory, subdirectories, files in os.walk(root):
+    """Image files under `root`, following symlinked folders; a folder reached a second time (a link loop, or two
+    links to one folder) is searched once, with a warning."""
+    searched = {root.resolve()}
+    for directory, subdirectories, files in os.walk(root, followlinks=True):
         here = Path(directory)
-        subdirectories[:] = sorted(
-            name for name in subdirectories if not name.startswith(".") and (here / name).resolve() != skip
-        )
+        kept = []
+        for name in sorted(subdirectories):
+            real = (here / name).resolve()
+            if name.startswith(".") or real == skip:
+                continue
+            if real in searched:
+                warnings.warn(f"{here / name}: links to the folder {real}, which is already searched; skipped")
+                continue
+            searched.add(real)
+            kept.append(name)
+        subdirectories[:] = kept
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
                 yield here / name

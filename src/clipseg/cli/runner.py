@@ -4,11 +4,13 @@ the same loader and writer. torch, numpy and PIL are imported only when a run st
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,12 @@ MAX_LISTED_FAILURES = 50
 
 # Writes a job's files from its image and prediction; returns (files written, manifest rows).
 Writer = Callable[[Job, "Image.Image", "Prediction"], tuple[int, list[dict]]]
+# Write errors after which every further image would fail the same way: the run stops.
+_STORAGE_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS})
+
+
+class _StorageFull(Exception):
+    """The output folder cannot take more files (full disk, quota, read-only file system)."""
 
 
 @dataclass(frozen=True)
@@ -126,32 +134,54 @@ def run_jobs(
     manifest: ManifestWriter | None = None,
 ) -> int:
     """Segment the jobs whose outputs (and manifest rows) are missing (all with --overwrite), print the summary;
-    returns the exit status."""
+    returns the exit status. One run at a time per output folder (an OS lock, released when the process dies)."""
     from ..fileio import remove_stale_temporaries
 
-    summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
-    for source, reason in failures:
-        print_line(console, f"error: {source}: {reason}")
-    if not jobs and not failures:
-        raise CLIError("no images to segment", EXIT_USAGE)
-    if manifest is not None:
-        manifest.add(manifest.failure(source, reason) for source, reason in failures)
-    todo = [job for job in jobs if settings.overwrite or not _done(job, manifest)]
-    summary.skipped = len(jobs) - len(todo)
-    try:
-        if todo:
-            _segment(todo, console, prompts, negatives, write, settings, engine, summary, manifest)
-    except KeyboardInterrupt:
+    with _output_lock(output):
+        summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
+        for source, reason in failures:
+            print_line(console, f"error: {source}: {reason}")
+        if not jobs and not failures:
+            raise CLIError("no images to segment", EXIT_USAGE)
         if manifest is not None:
-            manifest.flush()
-        print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
-        print_summary(summary, output, settings.command)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    if manifest is not None:
-        manifest.close([str(job.source) for job in jobs] + [source for source, _ in failures])
-    # Again at the end: a killed run's Ray workers may have outlived the start of this one.
-    remove_stale_temporaries(output)
-    return finish(summary, output, settings.command)
+            manifest.add(manifest.failure(source, reason) for source, reason in failures)
+        todo = [job for job in jobs if settings.overwrite or not _done(job, manifest)]
+        summary.skipped = len(jobs) - len(todo)
+        try:
+            if todo:
+                _segment(todo, console, prompts, negatives, write, settings, engine, summary, manifest)
+        except KeyboardInterrupt:
+            if manifest is not None:
+                manifest.flush()
+            print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
+            print_summary(summary, output, settings.command)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except _StorageFull as full:
+            if manifest is not None:
+                manifest.flush()
+            print_summary(summary, output, settings.command)
+            not_done = len(todo) - summary.segmented - (len(summary.failures) - len(failures))
+            raise CLIError(
+                f"{full} ({summary.files_written} files written, {not_done} images not done); free space and run the "
+                "same command again to do the rest"
+            ) from None
+        if manifest is not None:
+            manifest.close([str(job.source) for job in jobs] + [source for source, _ in failures])
+        # Again at the end: a killed run's Ray workers may have outlived the start of this one.
+        remove_stale_temporaries(output)
+        return finish(summary, output, settings.command)
+
+
+@contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    """Hold the output folder's lock for the run; another run holding it is a one-line error."""
+    from ..fileio import FolderLockedError, folder_lock
+
+    try:
+        with folder_lock(output):
+            yield
+    except FolderLockedError as error:
+        raise CLIError(str(error)) from None
 
 
 def _done(job: Job, manifest: ManifestWriter | None) -> bool:
@@ -186,7 +216,7 @@ def _segment(
         make_predict=functools.partial(
             make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
         ),
-        write=write,
+        write=functools.partial(_counted_write, write),
         ray_address=engine.ray_address,
         workers=engine.workers,
     )
@@ -254,6 +284,9 @@ def record_outcome(
         if manifest is not None:
             manifest.add(outcome.rows)
         return
+    summary.files_written += outcome.files_written  # what the image wrote before its error
+    if outcome.storage_full:
+        raise _StorageFull(outcome.error)
     summary.failures.append((source, outcome.error))
     print_line(console, f"error: {source}: {outcome.error}")
     if debug and outcome.trace:
@@ -282,6 +315,30 @@ def _load_with_pixel_limit(pixel_limit: int | None, source: str) -> Image.Image:
 
     Image.MAX_IMAGE_PIXELS = pixel_limit
     return load_source(source)
+
+
+def _counted_write(write: Writer, job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
+    """`write`; when it fails, the error carries how many of the job's files it did write (an atomic write either
+    replaced a file or left it) and whether the output storage is full (the run then stops)."""
+    before = _file_states(job)
+    try:
+        return write(job, image, prediction)
+    except OSError as error:
+        error.files_written = sum(_file_states(job)[path] != state for path, state in before.items())
+        error.storage_full = error.errno in _STORAGE_FULL
+        raise
+
+
+def _file_states(job: Job) -> dict[Path, tuple[int, int] | None]:
+    """(inode, mtime) of each output file of a job, None where it does not exist."""
+    states: dict[Path, tuple[int, int] | None] = {}
+    for path in job.files.values():
+        try:
+            info = path.stat()
+            states[path] = (info.st_ino, info.st_mtime_ns)
+        except OSError:
+            states[path] = None
+    return states
 
 
 def finish(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> int:

@@ -9,7 +9,6 @@ category name — wrap it in `clipseg.data.phrasecut_plus.PhraseCutPlus` to get 
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Collection
@@ -20,6 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from ..fileio import read_annotation_json
+from ..image import read_image_file
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,7 @@ class CocoInstances:
         self.image_dir = Path(image_dir) if image_dir is not None else self.annotation_file.parent / "images"
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"COCO image directory not found: {self.image_dir}")
-        with self.annotation_file.open(encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_annotation_json(self.annotation_file)
         missing = [key for key in ("images", "annotations", "categories") if key not in data]
         if missing:
             raise ValueError(f"{self.annotation_file}: not a COCO instances file, missing {missing}")
@@ -142,8 +143,7 @@ class CocoInstances:
         path = self.image_path(image_id)
         if not path.is_file():
             raise FileNotFoundError(f"COCO image not found: {path}")
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
+        rgb = read_image_file(path).convert("RGB")
         expected = self.images[image_id]
         if rgb.size != (expected.width, expected.height):
             raise ValueError(

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..image import read_image_file
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 MASK_SUFFIXES: frozenset[str] = frozenset({".png", ".bmp", ".tif", ".tiff"})
 PROMPT_SEPARATOR = "__"
@@ -120,14 +122,12 @@ class FolderSource:
 
     def load_image(self, index: int) -> Image.Image:
         """The RGB image of sample `index`."""
-        with Image.open(self.samples[index].image_path) as image:
-            return image.convert("RGB")
+        return read_image_file(self.samples[index].image_path).convert("RGB")
 
     def load_mask(self, index: int) -> np.ndarray:
         """The (H, W) bool mask of sample `index`; raises ValueError if it does not match the image size."""
         sample = self.samples[index]
-        with Image.open(sample.mask_path) as mask_image:
-            values = np.asarray(mask_image.convert("L"))
+        values = np.asarray(read_image_file(sample.mask_path).convert("L"))
         with Image.open(sample.image_path) as image:  # only the header is read
             width, height = image.size
         if values.shape != (height, width):

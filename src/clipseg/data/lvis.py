@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..fileio import read_annotation_json
+from ..image import read_image_file
+
 _LVIS_HELP = (
     "download lvis_v1_val.json(.zip) from https://www.lvisdataset.org/dataset and the COCO 2017 images "
     "(val2017.zip, train2017.zip from https://cocodataset.org/#download) and put the JSON and the image folders "
@@ -69,8 +72,7 @@ class LVIS:
             raise FileNotFoundError(
                 f"LVIS annotations not found at {path}: {_LVIS_HELP}, or set its path in the config"
             )
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_annotation_json(path)
         missing = {"images", "annotations", "categories"} - set(data)
         if missing:
             raise ValueError(f"{path}: not an LVIS/COCO instances file (missing {sorted(missing)})")
@@ -122,8 +124,7 @@ class LVIS:
         path = self.image_path(image_id)
         if not path.is_file():
             raise FileNotFoundError(f"LVIS image not found at {path}: {_LVIS_HELP}")
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return read_image_file(path).convert("RGB")
 
     def instance_mask(self, annotation: LVISAnnotation) -> np.ndarray:
         """(H, W) bool mask of one instance (polygons or RLE, decoded like COCO's ``annToMask``)."""

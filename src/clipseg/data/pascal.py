@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..image import read_image_file
+
 # fmt: off
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -135,8 +137,7 @@ class PascalVOC:
         path = self.image_path(image_id)
         if not path.is_file():
             raise FileNotFoundError(f"Pascal image not found: {path}")
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return read_image_file(path).convert("RGB")
 
     def load_label(self, image_id: str) -> np.ndarray:
         """(H, W) uint8 class map: 0 background, 1..20 `VOC_CLASSES`, 255 void."""

@@ -15,7 +15,6 @@ inside when its centre is, float coordinates, union over instances), at the size
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from ..fileio import read_annotation_json
+from ..image import read_image_file
 
 # Images whose size in the annotations does not match the actual file; the original CLIPSeg code skips them.
 SIZE_MISMATCH_IMAGE_IDS: frozenset[int] = frozenset({
@@ -118,8 +120,7 @@ class PhraseCut:
             path = self.root / f"refer_{part}.json"
             if not path.is_file():
                 raise FileNotFoundError(f"PhraseCut annotation file not found: {path}")
-            with path.open(encoding="utf-8") as handle:
-                raw_tasks = json.load(handle)
+            raw_tasks = read_annotation_json(path)
             if not isinstance(raw_tasks, list):
                 raise ValueError(f"{path}: expected a JSON list of tasks, got {type(raw_tasks).__name__}")
             tasks.extend(_parse_task(raw, path) for raw in raw_tasks)
@@ -151,8 +152,7 @@ class PhraseCut:
 
     def load_image(self, index: int) -> Image.Image:
         """The RGB image of task `index`."""
-        with self._open(index) as image:
-            return image.convert("RGB")
+        return read_image_file(self.image_path(self.tasks[index].image_id)).convert("RGB")
 
     def load_mask(self, index: int) -> np.ndarray:
         """The (H, W) bool target mask of task `index`, at the size of its image file."""

@@ -74,5 +74,11 @@ def eval_(
         print_line(
             stderr_console(), f"wrote {result.files.markdown}, {result.files.json} and {len(result.files.plots)} plots"
         )
+        if result.failed:
+            print_line(
+                stderr_console(),
+                f"warning: {len(result.failed)} samples could not be loaded and are left out of the scores; "
+                f"they are listed in {result.files.markdown}",
+            )
 
     run_command(body, debug=debug)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -104,6 +105,14 @@ class Runtime:
         self.progress = progress
         self.resume = resume
         self._loaded: tuple[tuple, Any] | None = None
+        # Samples that could not be loaded (a corrupt image, a missing file): key -> reason; left out of the scores.
+        self.failed: dict[str, str] = {}
+
+    def record_failure(self, key: str, error: BaseException) -> None:
+        """Note a sample that cannot be loaded (once per key, with a warning line) and go on without it."""
+        if key not in self.failed:
+            self.failed[key] = " ".join(str(error).split()) or type(error).__name__
+            warnings.warn(f"sample {key} failed and is left out: {self.failed[key]}", stacklevel=2)
 
     def segmenter(self, spec: ModelSpec, task: str) -> Segmenter:
         """The model of `spec` for `task` (kept loaded while consecutive tasks use the same weights)."""
@@ -159,25 +168,53 @@ def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+# What makes one sample unusable (an unreadable or missing file, a mask of the wrong size) rather than the run.
+SAMPLE_ERRORS = (OSError, ValueError)
+
+
 def loaded_batches(
-    samples: Sequence[BinarySample], batch_size: int, workers: int
-) -> Iterator[tuple[Sequence[BinarySample], list[Query]]]:
-    """Batches of samples with their loaded queries; `workers` threads read the next batch while the model runs on
-    the current one (at most two batches in memory)."""
+    samples: Sequence[BinarySample],
+    batch_size: int,
+    workers: int,
+    on_failure: Callable[[str, BaseException], None],
+) -> Iterator[tuple[Sequence[BinarySample], list[Query], int]]:
+    """Batches of readable samples with their loaded queries and the batch's full size; `workers` threads read the
+    next batch while the model runs on the current one (at most two batches in memory). A sample that cannot be
+    loaded is passed to `on_failure` and left out."""
     batches = batched(samples, batch_size)
     if workers == 0:
         for batch in batches:
-            yield batch, [s.load() for s in batch]
+            yield _readable(batch, [_attempt(s.load) for s in batch], on_failure)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         ahead = None
         for batch in batches:
-            futures = [pool.submit(s.load) for s in batch]
+            futures = [pool.submit(_attempt, s.load) for s in batch]
             if ahead is not None:
-                yield ahead[0], [f.result() for f in ahead[1]]
+                yield _readable(ahead[0], [f.result() for f in ahead[1]], on_failure)
             ahead = (batch, futures)
         if ahead is not None:
-            yield ahead[0], [f.result() for f in ahead[1]]
+            yield _readable(ahead[0], [f.result() for f in ahead[1]], on_failure)
+
+
+def _attempt(load: Callable[[], Query]) -> Query | BaseException:
+    try:
+        return load()
+    except SAMPLE_ERRORS as error:
+        return error
+
+
+def _readable(
+    batch: Sequence[BinarySample], results: list[Query | BaseException], on_failure: Callable[[str, BaseException], None]
+) -> tuple[list[BinarySample], list[Query], int]:
+    kept, queries = [], []
+    for sample, result in zip(batch, results):
+        if isinstance(result, BaseException):
+            on_failure(sample.key, result)
+        else:
+            kept.append(sample)
+            queries.append(result)
+    return kept, queries, len(batch)
 
 
 def conditionals(segmenter: Segmenter, queries: Sequence[Query], visual_prompt: str) -> torch.Tensor:
@@ -238,7 +275,13 @@ def evaluate_binary(
                 advance(1)
         pending = [s for s in samples if s.key not in done]
         try:
-            for batch, queries in loaded_batches(pending, runtime.config.batch_size, runtime.config.workers):
+            batches = loaded_batches(
+                pending, runtime.config.batch_size, runtime.config.workers, runtime.record_failure
+            )
+            for batch, queries, size in batches:
+                if not queries:
+                    advance(size)
+                    continue
                 for sample, query, probabilities in zip(
                     batch, queries, predict(segmenter, queries, visual_prompt, geometry)
                 ):
@@ -246,7 +289,7 @@ def evaluate_binary(
                     statistics = threshold_statistics(probabilities[None], query.target[None], valid)
                     accumulator.add(statistics, classes=[sample.group])
                     cache.put(sample.key, {"statistics": statistics[0].numpy()})
-                advance(len(batch))
+                advance(size)
         finally:
             cache.flush()
     return accumulator
@@ -262,7 +305,8 @@ def collect_examples(
     segmenter: Segmenter, samples: Iterable[BinarySample], count: int, *, visual_prompt: str, geometry: Geometry
 ) -> list[Example]:
     """Predictions for the first `count` samples, for the qualitative grid."""
-    queries = [s.load() for s, _ in zip(samples, range(count))]
+    loaded = (_attempt(s.load) for s in samples)
+    queries = [query for query, _ in zip((q for q in loaded if not isinstance(q, BaseException)), range(count))]
     if not queries:
         return []
     examples = []

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from .metrics import THRESHOLDS
 from .protocols import PROTOCOLS
 from .protocols.base import Fidelity
 from .reference import PaperTable, paper_table
+
+MAX_LISTED_FAILURES = 50  # failed samples listed in report.md (results.json lists all)
 
 
 @dataclass
@@ -70,8 +72,14 @@ def markdown_table(config: EvalConfig, rows: Sequence[Row], table: PaperTable) -
     return "\n".join(lines)
 
 
-def markdown_report(config: EvalConfig, rows: Sequence[Row], table: PaperTable, plots: Sequence[Path]) -> str:
-    """The whole Markdown report."""
+def markdown_report(
+    config: EvalConfig,
+    rows: Sequence[Row],
+    table: PaperTable,
+    plots: Sequence[Path],
+    failed: Mapping[str, str] | None = None,
+) -> str:
+    """The whole Markdown report (`failed`: samples that could not be loaded, key -> reason)."""
     title = config.title or f"Table {table.number}: {table.title}"
     settings = [
         f"protocol `{config.protocol}`",
@@ -97,6 +105,11 @@ def markdown_report(config: EvalConfig, rows: Sequence[Row], table: PaperTable, 
     parts += fidelity_section(PROTOCOLS[config.protocol].fidelity)
     sources = [f"- {m.name}: `{m.source or dict(m.sources)}`" for m in config.models]
     parts += ["Models:", "", *sources, ""]
+    if failed:
+        listed = [f"- `{key}`: {reason}" for key, reason in list(failed.items())[:MAX_LISTED_FAILURES]]
+        if len(failed) > MAX_LISTED_FAILURES:
+            listed.append(f"- … and {len(failed) - MAX_LISTED_FAILURES} more (all in results.json)")
+        parts += [f"**Failed samples: {len(failed)}**, left out of every score:", "", *listed, ""]
     if plots:
         parts += ["Plots:", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     return "\n".join(parts)
@@ -128,8 +141,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def results_json(config: EvalConfig, rows: Sequence[Row], table: PaperTable) -> dict[str, Any]:
-    """Every value of the run, the published numbers and the settings."""
+def results_json(
+    config: EvalConfig, rows: Sequence[Row], table: PaperTable, failed: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Every value of the run, the published numbers, the settings and the samples that failed to load."""
     return _jsonable(
         {
             "table": table.number,
@@ -173,6 +188,7 @@ def results_json(config: EvalConfig, rows: Sequence[Row], table: PaperTable) -> 
                 {"name": m.name, "source": m.source, "sources": dict(m.sources), "threshold": m.threshold}
                 for m in config.models
             ],
+            "failed_samples": [{"key": key, "reason": reason} for key, reason in (failed or {}).items()],
         }
     )
 
@@ -259,16 +275,23 @@ def qualitative_plot(row: Row, directory: Path) -> Path | None:
     return path
 
 
-def write_report(config: EvalConfig, rows: Sequence[Row], directory: str | os.PathLike | None = None) -> ReportFiles:
-    """Write report.md, results.json and the plots to `directory` (default: the config's output)."""
+def write_report(
+    config: EvalConfig,
+    rows: Sequence[Row],
+    directory: str | os.PathLike | None = None,
+    *,
+    failed: Mapping[str, str] | None = None,
+) -> ReportFiles:
+    """Write report.md, results.json and the plots to `directory` (default: the config's output); `failed` lists
+    the samples that could not be loaded (key -> reason)."""
     directory = Path(directory) if directory is not None else config.output_dir
     directory.mkdir(parents=True, exist_ok=True)
     table = paper_table(config.table)
     plots = curve_plots(rows, directory)
     plots += [path for row in rows if (path := qualitative_plot(row, directory)) is not None]
     markdown_path, json_path = directory / "report.md", directory / "results.json"
-    text = markdown_report(config, rows, table, plots)
+    text = markdown_report(config, rows, table, plots, failed)
     write_text(markdown_path, text)
-    payload = json.dumps(results_json(config, rows, table), indent=2, allow_nan=False)
+    payload = json.dumps(results_json(config, rows, table, failed), indent=2, allow_nan=False)
     write_text(json_path, payload)
     return ReportFiles(markdown_path, json_path, plots)

@@ -23,6 +23,7 @@ class EvaluationResult:
 
     rows: list[Row]
     files: ReportFiles
+    failed: dict[str, str]  # samples left out: key -> reason (also listed in the report)
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -56,4 +57,4 @@ def run_evaluation(config: EvalConfig, *, resume: bool = True, progress: bool | 
         runtime = Runtime(config, progress=bars if show else None, resume=resume)
         for spec in config.models:
             rows += protocol.rows(spec, runtime)
-    return EvaluationResult(rows, write_report(config, rows))
+    return EvaluationResult(rows, write_report(config, rows, failed=runtime.failed), runtime.failed)

@@ -37,6 +37,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.source is None and not self.sources:
             raise ValueError(f"model {self.name!r} needs a 'source' (or per-task 'sources')")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # also refuses NaN
+            raise ValueError(f"model {self.name!r}: threshold = {self.threshold}: expected a probability in [0, 1]")
 
     def source_for(self, task: str) -> str:
         """The weights to evaluate `task` with."""

@@ -28,10 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-
-from ..checkpoints.io import write_safetensors
-from ..fileio import atomic_write
+from ..checkpoints.io import CheckpointError, load_torch_file, read_state_dict, write_safetensors
+from ..fileio import MAX_CONFIG_BYTES, atomic_write, read_json_file
 
 FORMAT = "clipseg-training-checkpoint"
 FORMAT_VERSION = 1
@@ -55,11 +53,15 @@ class Checkpoint:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The trained weights (model state-dict keys)."""
-        return load_file(self.path / WEIGHTS_FILE)
+        return read_state_dict(self.path / WEIGHTS_FILE)
 
     def training_state(self) -> dict[str, Any]:
-        """Optimiser, scheduler, scaler and RNG states."""
-        return torch.load(self.path / STATE_FILE, map_location="cpu", weights_only=True)
+        """Optimiser, scheduler, scaler and RNG states (read without unpickling code: a file that holds anything
+        else is refused with a CheckpointError naming it)."""
+        state = load_torch_file(self.path / STATE_FILE)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{self.path / STATE_FILE}: holds a {type(state).__name__}, expected a dict of states")
+        return state
 
 
 def step_directory_name(step: int) -> str:
@@ -138,10 +140,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if not candidates:
             raise FileNotFoundError(f"{path}: not a training checkpoint and holds no checkpoints/step-* directory")
         path = candidates[-1]
-    try:
-        metadata = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path / METADATA_FILE}: not valid JSON ({error})") from None
+    metadata = read_json_file(path / METADATA_FILE, MAX_CONFIG_BYTES, "checkpoint metadata file")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("step"), int):
+        raise ValueError(f"{path / METADATA_FILE}: expected a JSON object with an integer step")
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: not a clipseg training checkpoint (format {metadata.get('format')!r})")
     if metadata.get("format_version") != FORMAT_VERSION:

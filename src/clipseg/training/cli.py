@@ -42,7 +42,9 @@ def train(
 
         from rich.logging import RichHandler
 
+        from ..checkpoints.io import CheckpointError
         from .config import load_config
+        from .data import BadSampleError
         from .trainer import NonFiniteLossError, Trainer
 
         if config is None and resume is None:
@@ -60,13 +62,20 @@ def train(
             else:
                 trainer = Trainer(settings.with_overrides(overrides or ()))
             result = trainer.train()
-        except NonFiniteLossError as error:
+        except (NonFiniteLossError, BadSampleError, CheckpointError) as error:
             raise CLIError(str(error), EXIT_FAILURES) from None
         finally:
             package_logger.removeHandler(handler)
             package_logger.setLevel(previous_level)
             _leave_process_group()
-        if result.model_dir is not None:  # rank 0
+        if result.model_dir is None:  # not rank 0
+            return
+        if result.already_complete:
+            print_line(
+                stderr_console(),
+                f"already complete: the run reached its last step ({result.step}) before; model in {result.model_dir}",
+            )
+        else:
             print_line(stderr_console(), f"done: step {result.step}, loss {result.loss:.4f}, model in {result.model_dir}")
 
     run_command(body, debug=debug)

@@ -7,6 +7,7 @@ iterations, BCE, mixed precision on GPU). Unknown keys and values of the wrong t
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ class DataSettings:
             image's samples kept together, the same order every epoch), "shuffle" (a new permutation every epoch)
             or "sequential" (the dataset's order).
         num_workers: DataLoader worker processes.
+        max_bad_samples: training samples that cannot be read (a corrupt or missing image, a mask of the wrong
+            size) are skipped with a warning naming the file and replaced by the next readable one; past this
+            many skips the run stops.
     """
 
     format: SourceFormat = "phrasecut"
@@ -112,6 +116,7 @@ class DataSettings:
     only_visual: bool = False
     order: SampleOrder = "original"
     num_workers: int = 0
+    max_bad_samples: int = 100
 
 
 @dataclass
@@ -173,7 +178,7 @@ RESUMABLE_OVERRIDES = frozenset(
     {
         "run.output_dir", "run.device", "run.log_every", "run.checkpoint_every", "run.keep_checkpoints",
         "run.val_every", "run.val_batch_size", "run.val_max_batches", "run.progress", "run.tensorboard",
-        "data.num_workers",
+        "data.num_workers", "data.max_bad_samples",
     }
 )
 
@@ -218,7 +223,13 @@ class TrainConfig:
         )
         _check(self.optim.batch_size > 0, "optim.batch_size", "must be positive")
         _check(self.optim.max_iterations > 0, "optim.max_iterations", "must be positive")
-        _check(0.0 <= self.optim.lr_min <= self.optim.lr, "optim.lr_min", "need 0 <= lr_min <= lr")
+        _check(self.data.max_bad_samples >= 0, "data.max_bad_samples", "must be non-negative")
+        _check(math.isfinite(self.optim.lr) and self.optim.lr > 0, "optim.lr", f"must be positive, got {self.optim.lr}")
+        _check(
+            math.isfinite(self.optim.lr_min) and 0.0 <= self.optim.lr_min <= self.optim.lr,
+            "optim.lr_min",
+            f"need 0 <= lr_min <= lr ({self.optim.lr}), got {self.optim.lr_min}",
+        )
         _check(self.optim.weight_decay >= 0, "optim.weight_decay", "must be non-negative")
         _check(
             self.optim.grad_clip_norm is None or self.optim.grad_clip_norm > 0,

@@ -96,18 +96,49 @@ class GlobalBatchSampler:
             step += 1
 
 
+# Key of a training sample dict that lists the samples skipped in its place (one "problem" line each; "" if none).
+SKIPPED_KEY = "skipped_samples"
+# Unreadable samples in a row after which the data is taken to be broken rather than a few files.
+MAX_CONSECUTIVE_BAD = 16
+
+
+class BadSampleError(RuntimeError):
+    """Training data that cannot be read: too many bad samples, or many in a row."""
+
+
 class EpochIndexed(Dataset):
     """A map-style dataset read with ``(epoch, index)`` keys; datasets with `set_epoch` (PhraseCut+) get the
-    epoch before each item, so an item's random draws depend only on its key, never on worker or order."""
+    epoch before each item, so an item's random draws depend only on its key, never on worker or order.
 
-    def __init__(self, dataset: Dataset) -> None:
+    With `skip_bad`, a sample that cannot be read (OSError / ValueError: a corrupt or missing image, a mask of
+    the wrong size) is replaced by the next readable index, and the sample dict's `SKIPPED_KEY` entry says
+    which and why, so the trainer can warn and count (workers are other processes)."""
+
+    def __init__(self, dataset: Dataset, *, skip_bad: bool = False) -> None:
         self.dataset = dataset
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
+        if not self.skip_bad:
+            return self._item(epoch, index)
+        problems: list[str] = []
+        for offset in range(min(MAX_CONSECUTIVE_BAD, len(self))):
+            candidate = (index + offset) % len(self)
+            try:
+                sample = self._item(epoch, candidate)
+            except (OSError, ValueError) as error:
+                problems.append(f"sample {candidate}: {' '.join(str(error).split()) or type(error).__name__}")
+                continue
+            return {**sample, SKIPPED_KEY: "\n".join(problems)}
+        raise BadSampleError(
+            f"{len(problems)} training samples in a row from index {index} cannot be read; the last: {problems[-1]}"
+        )
+
+    def _item(self, epoch: int, index: int) -> Any:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         return self.dataset[index]

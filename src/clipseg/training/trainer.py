@@ -49,6 +49,8 @@ from .checkpoint import (
 from .conditionals import conditional_vectors
 from .config import RESUMABLE_OVERRIDES, TrainConfig, changed_keys
 from .data import (
+    SKIPPED_KEY,
+    BadSampleError,
     EpochIndexed,
     GlobalBatchSampler,
     build_training_dataset,
@@ -79,6 +81,7 @@ class TrainResult:
         model_dir: the exported model (`clipseg.load_model(model_dir)`); None on processes other than rank 0.
         checkpoint: the final training checkpoint (None on processes other than rank 0).
         validation: the last validation, if the run has validation data.
+        already_complete: the run had reached optim.max_iterations before (a resumed finished run).
     """
 
     step: int
@@ -86,6 +89,7 @@ class TrainResult:
     model_dir: Path | None
     checkpoint: Path | None
     validation: ValidationResult | None
+    already_complete: bool = False
 
 
 class _DecoderStep(nn.Module):
@@ -135,6 +139,9 @@ class Trainer:
                 "or choose another run.output_dir"
             )
         seed = config.run.seed
+        # The data first: a wrong dataset location is reported before the model (and CLIP's weights) is loaded.
+        self.train_dataset = train_dataset if train_dataset is not None else build_training_dataset(config.data, seed)
+        self.val_dataset = val_dataset if val_dataset is not None else build_validation_dataset(config.data, seed)
         self.model = build_model(config.model, seed, config.data.image_size).to(self.device)
         self.fingerprint = frozen_fingerprint(self.model)
         self.parameters = trainable_parameters(self.model)
@@ -155,9 +162,9 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             decoder_step = DistributedDataParallel(decoder_step, device_ids=device_ids)
         self.decoder_step = decoder_step
-        self.train_dataset = train_dataset if train_dataset is not None else build_training_dataset(config.data, seed)
-        self.val_dataset = val_dataset if val_dataset is not None else build_validation_dataset(config.data, seed)
         self.step = 0
+        self.bad_samples = 0
+        self.window = _Window(config.optim.batch_size)
         self.last_checkpoint: Path | None = None
         _seed_everything(seed + self.distributed.rank)
         if checkpoint is not None:
@@ -207,20 +214,25 @@ class Trainer:
             resumed_from = self.step if self.last_checkpoint is not None else None
             metrics_log = MetricsLog(self.output_dir, resume_step=resumed_from, tensorboard=config.run.tensorboard)
         show_progress = main and (config.run.progress if config.run.progress is not None else sys.stderr.isatty())
+        if self.step >= total and self.last_checkpoint is not None:
+            return self._already_complete(metrics_log)
         progress = _Progress(total, self.step, enabled=show_progress)
         batches = self._batches()
         self.model.decoder.train()
-        window = _Window(config.optim.batch_size)
+        window = self.window
+        window.restart_clock()
         last_validation = None
         try:
             while self.step < total:
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss = self._train_step(next(batches))
+                batch = next(batches)
+                self._count_bad_samples(batch.pop(SKIPPED_KEY, ()))
+                loss = self._train_step(batch)
                 self.step += 1
                 window.add(loss)
                 progress.update(self.step, loss, window.throughput())
                 if self.step % config.run.log_every == 0 or self.step == total:
-                    record = window.flush(lr)
+                    record = {**window.flush(lr), "bad_samples": self.bad_samples}
                     if metrics_log is not None:
                         metrics_log.write("train", self.step, record)
                     logger.debug("step %d: %s", self.step, record)
@@ -245,6 +257,36 @@ class Trainer:
             validation=last_validation,
         )
 
+    def _already_complete(self, metrics_log: MetricsLog | None) -> TrainResult:
+        """Resuming a finished run: nothing to train; the model is exported if an interruption left it out."""
+        if metrics_log is not None:
+            metrics_log.close()
+        model_dir = None
+        if self.distributed.is_main:
+            model_dir = self.output_dir / MODEL_DIR
+            if not model_dir.is_dir():
+                self.export(model_dir)
+        return TrainResult(
+            step=self.step,
+            loss=self.window.last_mean,
+            model_dir=model_dir,
+            checkpoint=self.last_checkpoint if self.distributed.is_main else None,
+            validation=None,
+            already_complete=True,
+        )
+
+    def _count_bad_samples(self, problems: Iterable[str]) -> None:
+        """Warn about each training sample that was skipped as unreadable; stop past data.max_bad_samples."""
+        for problem in (line for text in problems for line in text.splitlines() if line):
+            self.bad_samples += 1
+            logger.warning("skipped an unreadable training sample (%d so far): %s", self.bad_samples, problem)
+            limit = self.config.data.max_bad_samples
+            if self.bad_samples > limit:
+                raise BadSampleError(
+                    f"training stopped at step {self.step + 1}: {self.bad_samples} unreadable training samples, more "
+                    f"than data.max_bad_samples = {limit} (the last: {problem}); fix the data or raise the limit"
+                )
+
     def _batches(self) -> Iterator[dict[str, Any]]:
         sampler = GlobalBatchSampler(
             len(self.train_dataset),
@@ -258,7 +300,7 @@ class Trainer:
         )
         workers = self.config.data.num_workers
         loader = DataLoader(
-            EpochIndexed(self.train_dataset),
+            EpochIndexed(self.train_dataset, skip_bad=True),
             batch_sampler=sampler,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
@@ -338,6 +380,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_states,
+                "loss_window": self.window.state(),
+                "bad_samples": self.bad_samples,
             },
             metadata={
                 "world_size": self.distributed.world_size,
@@ -372,6 +416,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = checkpoint.step
         self.last_checkpoint = checkpoint.path
+        self.bad_samples = int(state.get("bad_samples", 0))
+        if "loss_window" in state:
+            self.window.load_state(state["loss_window"])
         rng_states = state["rng"]
         if len(rng_states) == self.distributed.world_size:
             restore_rng(rng_states[self.distributed.rank], self.device)
@@ -407,12 +454,30 @@ class _Window:
     def _reset(self) -> None:
         self.losses: list[float] = []
         self.started = time.perf_counter()
+        self._elapsed_before = 0.0  # time the window ran before the checkpoint it was restored from
+
+    def restart_clock(self) -> None:
+        """Count time from now (a window restored from a checkpoint keeps the time it had run then)."""
+        self.started = time.perf_counter()
+
+    def state(self) -> dict[str, Any]:
+        """The window as primitives for a checkpoint: after resuming, the first record averages the same steps
+        as an uninterrupted run's (and its throughput leaves out the time the run was stopped)."""
+        return {"losses": list(self.losses), "elapsed": self._elapsed(), "last_mean": self.last_mean}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.losses = [float(loss) for loss in state["losses"]]
+        self._elapsed_before = float(state["elapsed"])
+        self.last_mean = float(state["last_mean"])
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self.started
 
     def add(self, loss: float) -> None:
         self.losses.append(loss)
 
     def throughput(self) -> float:
-        elapsed = time.perf_counter() - self.started
+        elapsed = self._elapsed()
         return len(self.losses) * self.global_batch_size / elapsed if elapsed > 0 else 0.0
 
     def flush(self, lr: float) -> dict[str, float]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ...data.pascal import PascalVOC
-from ..engine import Row, Runtime, batched
+from ..engine import SAMPLE_ERRORS, Row, Runtime, batched
 from ..inference import prepare_input, resize_labels
 from ..metrics import ConfusionMatrix
 from ..settings import ModelSpec
@@ -86,18 +86,28 @@ class PascalZeroShotProtocol(EvaluationProtocol):
             annotations=dataset.get("annotations", "SegmentationClass"),
         )
 
-    def _confusion(self, segmenter, image_ids: Sequence[str], options: ZeroShotOptions) -> list[torch.Tensor]:
+    def _confusion(
+        self, segmenter, image_ids: Sequence[str], options: ZeroShotOptions, runtime: Runtime
+    ) -> list[tuple[str, torch.Tensor]]:
+        """(image id, confusion counts) of the readable images of `image_ids` (the others are recorded as failed)."""
         size = self.config.image_size
         prompts = [options.text_template.format(n) for n in options.class_names]
         with_background = options.background_weight is not None
         if with_background:
             prompts = [options.text_template.format(options.background_prompt)] + prompts
         embeddings = segmenter.text_embeddings(prompts)
-        images, labels = [], []
+        images, labels, readable = [], [], []
         for image_id in image_ids:
-            pixels, _ = prepare_input(self.voc.load_image(image_id), size, "squash", segmenter.mean, segmenter.std)
-            images.append(pixels)
-            labels.append(torch.from_numpy(resize_labels(self.voc.load_label(image_id), size).astype(np.int64)))
+            try:
+                image, label = self.voc.load_image(image_id), self.voc.load_label(image_id)
+            except SAMPLE_ERRORS as error:
+                runtime.record_failure(image_id, error)
+                continue
+            images.append(prepare_input(image, size, "squash", segmenter.mean, segmenter.std)[0])
+            labels.append(torch.from_numpy(resize_labels(label, size).astype(np.int64)))
+            readable.append(image_id)
+        if not images:
+            return []
         count = len(prompts)
         image_index = torch.arange(len(images)).repeat_interleave(count)
         probabilities = segmenter.probabilities(torch.stack(images), embeddings.repeat(len(images), 1), image_index)
@@ -108,7 +118,7 @@ class PascalZeroShotProtocol(EvaluationProtocol):
             predicted = scores.argmax(1)  # 0 = background, k = class k
         else:
             predicted = probabilities.argmax(1) + 1  # the 20 classes alone never predict background
-        return [ConfusionMatrix.counts(p, label, 21) for p, label in zip(predicted, labels)]
+        return [(i, ConfusionMatrix.counts(p, label, 21)) for i, p, label in zip(readable, predicted, labels)]
 
     def rows(self, spec: ModelSpec, runtime: Runtime) -> list[Row]:
         options = self.options_for(spec)
@@ -132,7 +142,7 @@ class PascalZeroShotProtocol(EvaluationProtocol):
                 pending = [i for i in image_ids if i not in done]
                 try:
                     for batch in batched(pending, max(1, self.config.batch_size // 4)):
-                        for image_id, counts in zip(batch, self._confusion(segmenter, batch, options)):
+                        for image_id, counts in self._confusion(segmenter, batch, options, runtime):
                             matrix.add(counts)
                             cache.put(image_id, {"confusion": counts.numpy()})
                         advance(len(batch))
