@@ -137,7 +137,7 @@ def run_jobs(
     returns the exit status. One run at a time per output folder (an OS lock, released when the process dies)."""
     from ..fileio import remove_stale_temporaries
 
-    with _output_lock(output):
+    with output_lock(output):
         summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
         for source, reason in failures:
             print_line(console, f"error: {source}: {reason}")
@@ -173,7 +173,7 @@ def run_jobs(
 
 
 @contextmanager
-def _output_lock(output: Path) -> Iterator[None]:
+def output_lock(output: Path) -> Iterator[None]:
     """Hold the output folder's lock for the run; another run holding it is a one-line error."""
     from ..fileio import FolderLockedError, folder_lock
 

@@ -63,7 +63,7 @@ from .resolution import (
     TilesOption,
     resolution_settings,
 )
-from .runner import EngineSettings, RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
+from .runner import EngineSettings, RunSettings, exit_with, limit_pixels, output_lock, prompt_texts, run_jobs
 from .watching import watch_jobs
 
 if TYPE_CHECKING:
@@ -171,10 +171,11 @@ def segment(
 
         prepare_output(output)
         if watch:
-            return watch_jobs(
-                inputs or [], output, console, plan=plan, prompts=prompts, negatives=negatives, write=write,
-                settings=run_settings, settle=settle,
-            )
+            with output_lock(output):  # one run per output folder, as without --watch
+                return watch_jobs(
+                    inputs or [], output, console, plan=plan, prompts=prompts, negatives=negatives, write=write,
+                    settings=run_settings, settle=settle,
+                )
         jobs, failures = plan(console)
         return run_jobs(
             jobs,
