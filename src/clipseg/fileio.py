@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     suffix, for writers that choose the format by it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_MARK}{path.suffix}")
+    temporary = _temporary_name(path, path.suffix)
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield temporary
@@ -45,6 +46,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside `path` to fill; once the block succeeds it replaces `path` (a folder or nothing)
+    by renames, so `path` only ever holds a complete set of files. On any error the temporary is deleted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_name(path, "")
+    temporary.mkdir()
+    try:
+        yield temporary
+        if path.exists():
+            retired = _temporary_name(path, "")
+            os.replace(path, retired)
+            os.replace(temporary, path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _temporary_name(path: Path, suffix: str) -> Path:
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_MARK}{suffix}")
 
 
 @contextlib.contextmanager
@@ -70,15 +97,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete temporaries under `directory` left by writers whose process is gone; returns how many."""
+    """Delete temporaries (files and folders) under `directory` left by writers whose process is gone; returns
+    how many."""
     root = Path(directory)
     if not root.is_dir():
         return 0
     removed = 0
-    for temporary in root.rglob(f"{TEMP_PREFIX}*{TEMP_MARK}*"):
+    for temporary in list(root.rglob(f"{TEMP_PREFIX}*{TEMP_MARK}*")):
         pid = temporary.name[len(TEMP_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
-            temporary.unlink(missing_ok=True)
+            if temporary.is_dir():
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                temporary.unlink(missing_ok=True)
             removed += 1
     return removed
 

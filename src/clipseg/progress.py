@@ -10,8 +10,10 @@ from rich.progress import (
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    Task,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 
 def progress_bar(*fields: ProgressColumn, console: Console | None = None, disable: bool = False) -> Progress:
@@ -27,3 +29,15 @@ def progress_bar(*fields: ProgressColumn, console: Console | None = None, disabl
         console=console if console is not None else Console(stderr=True),
         disable=disable,
     )
+
+
+class RateColumn(ProgressColumn):
+    """Items per second of a task, e.g. "24.3 frames/s" (rich's own speed columns count bytes)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")

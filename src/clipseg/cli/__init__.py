@@ -15,6 +15,7 @@ import typer
 from .labels import labels
 from .models import convert, info
 from .segment import segment
+from .video import video
 
 app = typer.Typer(
     name="clipseg",
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.command()(segment)
 app.command()(labels)
+app.command()(video)
 app.command()(info)
 app.command()(convert)
 

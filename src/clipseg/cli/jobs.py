@@ -45,6 +45,7 @@ class Job:
     stem: Path  # output folder / sanitised image name, without suffix
     # (kind, prompt index or None for one file per image) -> path
     files: dict[tuple[str, int | None], Path] = field(default_factory=dict)
+    redo: bool = False  # the input changed since its files were written (watch mode): write them again
 
     def path(self, output: Path, suffix: str) -> Path:
         return output / self.stem.with_name(self.stem.name + suffix)
@@ -54,14 +55,21 @@ class Job:
 
 
 def plan_jobs(
-    arguments: Sequence[Path], output: Path, console: Console, listed: Sequence[str] = ()
+    arguments: Sequence[Path],
+    output: Path,
+    console: Console,
+    listed: Sequence[str] = (),
+    *,
+    suffixes: frozenset[str] | None = None,
+    kind: str = "image",
 ) -> tuple[list[Job], list[Failure]]:
-    """Find the images named or inside the folders (recursively, hidden entries and the output folder skipped) and
-    give each a unique sanitised output stem that mirrors its place below the folder it was found in. The `listed`
-    sources of a --manifest-in list (paths or URIs, checked when loaded) follow, each named after its file."""
+    """Find the images (or, with other `suffixes`, files of another `kind`) named or inside the folders
+    (recursively, hidden entries and the output folder skipped) and give each a unique sanitised output stem that
+    mirrors its place below the folder it was found in. The `listed` sources of a --manifest-in list (paths or URIs,
+    checked when loaded) follow, each named after its file."""
     from ..batch.sources import is_uri
 
-    found, failures = find_images(arguments, output, console)
+    found, failures = find_images(arguments, output, console, suffixes=suffixes, kind=kind)
     seen = {path.resolve() for path, _ in found}
     for text in listed:
         source: Path | str = text if is_uri(text) else Path(text)
@@ -74,11 +82,14 @@ def plan_jobs(
 
 
 def find_images(
-    arguments: Sequence[Path], output: Path, console: Console
+    arguments: Sequence[Path], output: Path, console: Console, *, suffixes: frozenset[str] | None = None,
+    kind: str = "image",
 ) -> tuple[list[tuple[Path, tuple[str, ...]]], list[Failure]]:
-    """Each image once, with the folders between it and the folder argument it was found in; a missing argument is
-    a failure, a folder without images a warning, the output folder given as an input a usage error."""
-    from ..image import IMAGE_SUFFIXES
+    """Each image (file with one of `suffixes`, default the image suffixes) once, with the folders between it and
+    the folder argument it was found in; a missing argument is a failure, a folder without such files a warning,
+    the output folder given as an input a usage error."""
+    if suffixes is None:
+        from ..image import IMAGE_SUFFIXES as suffixes
 
     failures: list[Failure] = []
     found: list[tuple[Path, tuple[str, ...]]] = []
@@ -94,10 +105,10 @@ def find_images(
         if argument.is_dir():
             sources = [
                 (path, path.relative_to(argument).parent.parts)
-                for path in _walk(argument, output_resolved, IMAGE_SUFFIXES)
+                for path in _walk(argument, output_resolved, suffixes)
             ]
             if not sources:
-                print_line(console, f"warning: {argument}: no image files found")
+                print_line(console, f"warning: {argument}: no {kind} files found")
         elif argument.exists():
             sources = [(argument, ())]
         else:

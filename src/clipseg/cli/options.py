@@ -15,6 +15,7 @@ import typer
 from ..batch.engines import ENGINES
 from ..number_formats import PRECISIONS
 from ..templates import TEMPLATES
+from ..video import FORMATS as VIDEO_FORMATS
 
 
 def _choices(name: str, values: Iterable[str], doc: str) -> type[Enum]:
@@ -38,6 +39,9 @@ class OutputFormat(str, Enum):
     overlay = "overlay"
     cutout = "cutout"
     rle = "rle"
+
+
+VideoFormat = _choices("VideoFormat", VIDEO_FORMATS, "What `clipseg video` writes per video (`clipseg.video.writers`).")
 
 
 class Backend(str, Enum):
@@ -186,6 +190,57 @@ InvertOption = Annotated[
 ]
 FeatherOption = Annotated[
     float, typer.Option(min=0.0, help="Soften mask edges (Gaussian sigma in pixels).", rich_help_panel="Masks")
+]
+
+# `clipseg segment` only: watched folders.
+WatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--watch",
+        help="Keep running: segment new and changed images as they appear in the folders (Ctrl-C stops).",
+        rich_help_panel="Watch",
+    ),
+]
+SettleOption = Annotated[
+    float,
+    typer.Option(
+        min=0.05,
+        help="With --watch: seconds a file's size must stay the same before it is read (files being copied wait).",
+        rich_help_panel="Watch",
+    ),
+]
+
+# `clipseg video` only.
+VideosArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Video files and folders (searched recursively).", metavar="VIDEOS_OR_DIRS", show_default=False
+    ),
+]
+VideoFormatOption = Annotated[
+    list[VideoFormat] | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="frames: a mask PNG per frame; video: a lossless mask video per prompt; overlay: one overlay video; "
+        "rle: COCO RLE per frame in JSON Lines. Repeat for several (default: frames).",
+        rich_help_panel="Masks",
+    ),
+]
+SmoothOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Temporal smoothing: weight of the past, 0 (off) to 1; scene cuts reset it.",
+        rich_help_panel="Video",
+    ),
+]
+EveryOption = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Run the model on every N-th frame and interpolate in between (faster).", rich_help_panel="Video"
+    ),
 ]
 
 # `clipseg labels` only.

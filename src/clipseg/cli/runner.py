@@ -8,6 +8,7 @@ import errno
 import functools
 import itertools
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from ..batch.manifest import ManifestWriter
     from ..batch.work import Outcome
-    from ..predictor import Prediction
+    from ..predictor import Prediction, Predictor
     from ..prompts import Prompt
 
 MAX_LISTED_FAILURES = 50
@@ -136,7 +137,7 @@ def run_jobs(
     returns the exit status. One run at a time per output folder (an OS lock, released when the process dies)."""
     from ..fileio import remove_stale_temporaries
 
-    with _output_lock(output):
+    with output_lock(output):
         summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
         for source, reason in failures:
             print_line(console, f"error: {source}: {reason}")
@@ -153,12 +154,12 @@ def run_jobs(
             if manifest is not None:
                 manifest.flush()
             print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
-            _print_summary(summary, output, settings.command)
+            print_summary(summary, output, settings.command)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except _StorageFull as full:
             if manifest is not None:
                 manifest.flush()
-            _print_summary(summary, output, settings.command)
+            print_summary(summary, output, settings.command)
             not_done = len(todo) - summary.segmented - (len(summary.failures) - len(failures))
             raise CLIError(
                 f"{full} ({summary.files_written} files written, {not_done} images not done); free space and run the "
@@ -168,11 +169,11 @@ def run_jobs(
             manifest.close([str(job.source) for job in jobs] + [source for source, _ in failures])
         # Again at the end: a killed run's Ray workers may have outlived the start of this one.
         remove_stale_temporaries(output)
-        return _finish(summary, output, settings.command)
+        return finish(summary, output, settings.command)
 
 
 @contextmanager
-def _output_lock(output: Path) -> Iterator[None]:
+def output_lock(output: Path) -> Iterator[None]:
     """Hold the output folder's lock for the run; another run holding it is a one-line error."""
     from ..fileio import FolderLockedError, folder_lock
 
@@ -213,7 +214,7 @@ def _segment(
         load=functools.partial(_load_with_pixel_limit, Image.MAX_IMAGE_PIXELS),
         # Built where the model runs (in each Ray actor): only picklable things go in, no console there.
         make_predict=functools.partial(
-            _make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
+            make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
         ),
         write=functools.partial(_counted_write, write),
         ray_address=engine.ray_address,
@@ -225,7 +226,7 @@ def _segment(
         with progress_bar(console=console, disable=not console.is_terminal) as progress:
             task = progress.add_task("segmenting", total=len(todo))
             for outcome in itertools.chain([] if first is None else [first], outcomes):
-                _record(outcome, summary, manifest, console, settings.debug)
+                record_outcome(outcome, summary, manifest, console, settings.debug)
                 progress.update(task, advance=1, description=shorten(source_name(_source(outcome.job))[0], 30))
     except RayEngineError as error:
         raise CLIError(str(error)) from None
@@ -235,22 +236,11 @@ def _source(job: Job) -> str:
     return str(job.source)
 
 
-def _make_predict(
+def make_predict(
     settings: RunSettings, prompts: list[Prompt], negatives: list[str], console: Console | None
 ) -> Callable[[list[Image.Image]], list[Prediction]]:
     """Load the model and return the function that runs it over a batch of images with the run's prompts."""
-    from ..predictor import Predictor
-
-    model = load_engine_or_fail(
-        settings.model,
-        backend=settings.backend,
-        precision=settings.precision,
-        device=settings.device,
-        clip=settings.clip,
-        extract_layers=settings.extract_layers,
-        console=console,
-    )
-    predictor = Predictor(model)
+    predictor = load_predictor(settings, console)
     options = {
         "templates": settings.templates.value,
         "ensemble": settings.ensemble,
@@ -267,9 +257,26 @@ def _make_predict(
     return predict
 
 
-def _record(
+def load_predictor(settings: RunSettings, console: Console | None) -> Predictor:
+    """A `Predictor` on the model the settings name (every loading problem is a one-line CLIError)."""
+    from ..predictor import Predictor
+
+    model = load_engine_or_fail(
+        settings.model,
+        backend=settings.backend,
+        precision=settings.precision,
+        device=settings.device,
+        clip=settings.clip,
+        extract_layers=settings.extract_layers,
+        console=console,
+    )
+    return Predictor(model)
+
+
+def record_outcome(
     outcome: Outcome[Job], summary: Summary, manifest: ManifestWriter | None, console: Console, debug: bool
 ) -> None:
+    """Count an image's outcome in the summary (and the manifest); a failure is printed as one line."""
     source = _source(outcome.job)
     if outcome.error is None:
         summary.segmented += 1
@@ -286,6 +293,18 @@ def _record(
         print(outcome.trace, file=sys.stderr, end="")
     if manifest is not None:
         manifest.add([manifest.failure(source, outcome.error)])
+
+
+def report_failure(summary: Summary, console: Console, source: Path, error: BaseException, debug: bool) -> None:
+    """Count `source` (an input segmented outside the batch engines, e.g. a video) as failed and print one line
+    naming it (the traceback too with --debug)."""
+    from ..batch.work import failure_reason
+
+    reason = failure_reason(str(source), error)
+    summary.failures.append((str(source), reason))
+    print_line(console, f"error: {source}: {reason}")
+    if debug:
+        traceback.print_exc()
 
 
 def _load_with_pixel_limit(pixel_limit: int | None, source: str) -> Image.Image:
@@ -322,12 +341,13 @@ def _file_states(job: Job) -> dict[Path, tuple[int, int] | None]:
     return states
 
 
-def _finish(summary: Summary, output: Path, command: str) -> int:
-    _print_summary(summary, output, command)
+def finish(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> int:
+    """Print the summary; the exit status: 1 if an input failed, else 0."""
+    print_summary(summary, output, command, inputs=inputs)
     return EXIT_FAILURES if summary.failures else 0
 
 
-def _print_summary(summary: Summary, output: Path, command: str) -> None:
+def print_summary(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -336,7 +356,7 @@ def _print_summary(summary: Summary, output: Path, command: str) -> None:
     table = Table(title=f"clipseg {command}", show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
-    table.add_row("images", str(summary.found))
+    table.add_row(inputs, str(summary.found))
     table.add_row("segmented", str(summary.segmented))
     table.add_row("skipped (outputs exist; --overwrite redoes them)", str(summary.skipped))
     table.add_row("failed", str(len(summary.failures)))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import DEFAULT_MODEL, EXIT_USAGE, CLIError, one_line, print_line, run_command, stderr_console
-from .jobs import Job, plan_jobs, plan_segment_outputs, prepare_output
+from .jobs import Failure, Job, plan_jobs, plan_segment_outputs, prepare_output
 from .options import (
     Backend,
     BackendOption,
@@ -41,6 +41,7 @@ from .options import (
     PrecisionOption,
     PromptOption,
     RayAddressOption,
+    SettleOption,
     SupportMaskOption,
     SupportNameOption,
     SupportOption,
@@ -49,6 +50,7 @@ from .options import (
     ThresholdOption,
     UnionOption,
     VisualPromptOption,
+    WatchOption,
     WorkersOption,
 )
 from .resolution import (
@@ -61,10 +63,12 @@ from .resolution import (
     TilesOption,
     resolution_settings,
 )
-from .runner import EngineSettings, RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
+from .runner import EngineSettings, RunSettings, exit_with, limit_pixels, output_lock, prompt_texts, run_jobs
+from .watching import watch_jobs
 
 if TYPE_CHECKING:
     from PIL import Image
+    from rich.console import Console
 
     from ..batch.manifest import ManifestWriter
 
@@ -114,26 +118,23 @@ def segment(
     engine: EngineOption = Engine.local,
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
+    watch: WatchOption = False,
+    settle: SettleOption = 1.0,
     debug: DebugOption = False,
 ) -> None:
     """Segment images from text prompts and/or an image prompt: one mask per image and prompt.
 
     Example: clipseg segment photos/ -p "a cup" -p "something to sit on" -o masks/
+
+    With --watch it keeps running and segments every image that is added to or changed in the folders.
     """
     settings = RunSettings.from_arguments("segment", locals())
     formats = list(dict.fromkeys(output_format or [OutputFormat.mask]))
 
     def body() -> int:
-        from ..postprocess import MaskOptions
-
         texts = prompt_texts(prompt, "--prompt")
         negatives = prompt_texts(negative, "--negative")
-        try:
-            options = MaskOptions(
-                threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather
-            )
-        except ValueError as error:
-            raise CLIError(one_line(error), EXIT_USAGE) from None
+        options = mask_options(threshold, min_area, dilate, erode, invert, feather)
         limit_pixels(max_pixels)
         run_engine = _engine(engine, ray_address, workers)
         console = stderr_console()
@@ -148,19 +149,34 @@ def segment(
             if OutputFormat.cutout not in formats:
                 print_line(console, "note: --alpha-matting only changes cut-outs: add -f cutout")
         run_settings = replace(settings, resolution=resolution_settings(tiles, tile_scales, refine, matting))
-        image_prompt = _image_prompt(support, support_mask, support_name, visual_prompt)
-        prompts, names = _combine(texts, image_prompt, mix)
+        image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
+        prompts, names = combine_prompts(texts, image_prompt, mix)
         entry_names = [" or ".join(names)] if union else names
-        jobs, failures = plan_jobs(inputs or [], output, console, listed=_listed_sources(manifest_in))
-        plan_segment_outputs(jobs, output, formats, entry_names)
-        prepare_output(output)
+        listed = _listed_sources(manifest_in)
+        if watch and (engine != Engine.local or manifest is not None or listed):
+            raise CLIError("--watch runs on the local engine and takes folders: drop --engine ray, --manifest and "
+                           "--manifest-in", EXIT_USAGE)
         rows = None if manifest is None else RowSettings(output, model, formats, entry_names)
 
+        def plan(console: Console) -> tuple[list[Job], list[Failure]]:
+            jobs, failures = plan_jobs(inputs or [], output, console, listed=listed)
+            plan_segment_outputs(jobs, output, formats, entry_names)
+            return jobs, failures
+
         def write(job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
+            redo = overwrite or job.redo
             return _write_segmentation(
-                job, image, prediction, formats, options, union, entry_names, overwrite, rows, matting
+                job, image, prediction, formats, options, union, entry_names, redo, rows, matting
             )
 
+        prepare_output(output)
+        if watch:
+            with output_lock(output):  # one run per output folder, as without --watch
+                return watch_jobs(
+                    inputs or [], output, console, plan=plan, prompts=prompts, negatives=negatives, write=write,
+                    settings=run_settings, settle=settle,
+                )
+        jobs, failures = plan(console)
         return run_jobs(
             jobs,
             failures,
@@ -177,7 +193,24 @@ def segment(
     exit_with(run_command(body, debug=debug))
 
 
-def _image_prompt(supports: list[Path] | None, masks: list[Path] | None, name: str, variant: str) -> ImagePrompt | None:
+def mask_options(
+    threshold: float, min_area: int, dilate: float, erode: float, invert: bool, feather: float
+) -> MaskOptions:
+    """The mask options (--threshold ... --feather) as `MaskOptions`; a bad value is a usage error."""
+    from ..postprocess import MaskOptions
+
+    try:
+        return MaskOptions(
+            threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather
+        )
+    except ValueError as error:
+        raise CLIError(one_line(error), EXIT_USAGE) from None
+
+
+def build_image_prompt(
+    supports: list[Path] | None, masks: list[Path] | None, name: str, variant: str
+) -> ImagePrompt | None:
+    """The image prompt of --support/--support-mask, or None; mismatched or unreadable files are usage errors."""
     supports, masks = supports or [], masks or []
     if len(supports) != len(masks):
         raise CLIError(
@@ -194,7 +227,9 @@ def _image_prompt(supports: list[Path] | None, masks: list[Path] | None, name: s
         raise CLIError(one_line(error), EXIT_USAGE) from None
 
 
-def _combine(texts: list[str], image_prompt: ImagePrompt | None, mix: float | None) -> tuple[list[Prompt], list[str]]:
+def combine_prompts(
+    texts: list[str], image_prompt: ImagePrompt | None, mix: float | None
+) -> tuple[list[Prompt], list[str]]:
     """The prompts to run and their names: texts, then the image prompt; or with --mix each text mixed with it."""
     if not texts and image_prompt is None:
         raise CLIError(

@@ -1,0 +1,174 @@
+"""`clipseg video`: per-frame masks of videos, temporally smoothed, as PNG frames, mask videos, overlays or RLE."""
+
+from __future__ import annotations
+
+from ..messages import shorten
+from ..video import DEFAULT_SMOOTH
+from .common import (
+    DEFAULT_MODEL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CLIError,
+    one_line,
+    print_line,
+    run_command,
+    stderr_console,
+)
+from .jobs import plan_jobs, prepare_output
+from .options import (
+    Backend,
+    BackendOption,
+    BatchOption,
+    ClipOption,
+    DebugOption,
+    DeviceOption,
+    DilateOption,
+    EnsembleOption,
+    ErodeOption,
+    EveryOption,
+    FeatherOption,
+    InvertOption,
+    LayersOption,
+    MinAreaOption,
+    MixOption,
+    ModelOption,
+    NegativeOption,
+    OutputOption,
+    OverwriteOption,
+    Precision,
+    PrecisionOption,
+    PromptOption,
+    SmoothOption,
+    SupportMaskOption,
+    SupportNameOption,
+    SupportOption,
+    TemplateSet,
+    TemplatesOption,
+    ThresholdOption,
+    UnionOption,
+    VideoFormat,
+    VideoFormatOption,
+    VideosArgument,
+    VisualPromptOption,
+)
+from .runner import (
+    RunSettings,
+    Summary,
+    exit_with,
+    finish,
+    load_predictor,
+    print_summary,
+    prompt_texts,
+    report_failure,
+)
+from .segment import build_image_prompt, combine_prompts, mask_options
+
+
+def video(
+    inputs: VideosArgument,
+    output: OutputOption,
+    prompt: PromptOption = None,
+    negative: NegativeOption = None,
+    support: SupportOption = None,
+    support_mask: SupportMaskOption = None,
+    support_name: SupportNameOption = "support",
+    visual_prompt: VisualPromptOption = "crop_blur_highlight",
+    mix: MixOption = None,
+    templates: TemplatesOption = TemplateSet.plain,
+    ensemble: EnsembleOption = False,
+    threshold: ThresholdOption = 0.4,
+    output_format: VideoFormatOption = None,
+    union: UnionOption = False,
+    min_area: MinAreaOption = 0,
+    dilate: DilateOption = 0.0,
+    erode: ErodeOption = 0.0,
+    invert: InvertOption = False,
+    feather: FeatherOption = 0.0,
+    smooth: SmoothOption = DEFAULT_SMOOTH,
+    every: EveryOption = 1,
+    model: ModelOption = DEFAULT_MODEL,
+    clip: ClipOption = None,
+    extract_layers: LayersOption = None,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.fp32,
+    backend: BackendOption = Backend.torch,
+    batch_size: BatchOption = 4,
+    overwrite: OverwriteOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Segment every frame of videos: masks that hold still over time (smoothing, reset at scene cuts).
+
+    Writes OUTPUT/<video>/<prompt>/000000.png ... (frames), OUTPUT/<video>/<prompt>.mkv (video),
+    OUTPUT/<video>/overlay.mp4 (overlay) and OUTPUT/<video>/rle.jsonl (rle). A video's outputs appear when it is
+    finished; videos whose outputs exist are skipped.
+
+    Example: clipseg video clip.mp4 -p "a dog" -f frames -f overlay -o masks/
+    """
+    settings = RunSettings.from_arguments("video", locals())
+    formats = [fmt.value for fmt in dict.fromkeys(output_format or [VideoFormat.frames])]
+
+    def body() -> int:
+        from ..outputs import unique_names
+        from ..progress import RateColumn, progress_bar
+        from ..video.io import VIDEO_SUFFIXES, require_av
+
+        try:
+            require_av()
+        except ImportError as error:
+            raise CLIError(one_line(error)) from None
+        texts = prompt_texts(prompt, "--prompt")
+        negatives = prompt_texts(negative, "--negative")
+        options = mask_options(threshold, min_area, dilate, erode, invert, feather)
+        console = stderr_console()
+        image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
+        prompts, names = combine_prompts(texts, image_prompt, mix)
+        entry_names = [" or ".join(names)] if union else names
+        jobs, failures = plan_jobs(inputs, output, console, suffixes=VIDEO_SUFFIXES, kind="video")
+        from ..video.writers import output_paths
+
+        slugs = unique_names(entry_names, keep_dots=False)
+        for job in jobs:
+            job.files = output_paths(output / job.stem, slugs, formats)
+        prepare_output(output)
+        summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
+        for source, reason in failures:
+            print_line(console, f"error: {source}: {reason}")
+        if not jobs and not failures:
+            raise CLIError("no videos to segment", EXIT_USAGE)
+        todo = [job for job in jobs if overwrite or not job.done()]
+        summary.skipped = len(jobs) - len(todo)
+        if not todo:
+            return finish(summary, output, "video", inputs="videos")
+        from ..video import VideoOutputs, probe, segment_video
+
+        predictor = load_predictor(settings, console)
+        try:
+            with progress_bar(RateColumn("frames"), console=console, disable=not console.is_terminal) as progress:
+                for job in todo:
+                    try:
+                        info = probe(job.source)
+                        task = progress.add_task(shorten(job.source.name, 30), total=info.expected_frames)
+                        frames = segment_video(
+                            job.source, prompts, model=predictor, negative=negatives, templates=templates.value,
+                            ensemble=ensemble, smooth=smooth, every=every, batch_size=batch_size,
+                        )
+                        with VideoOutputs(job.files, entry_names, info, options=options, union=union,
+                                          overwrite=overwrite, source=str(job.source)) as outputs:
+                            for count, frame in enumerate(frames, start=1):
+                                outputs.write(frame)
+                                progress.update(task, completed=count)
+                        progress.update(task, total=count)  # the container's count was an estimate
+                        summary.files_written += outputs.files_written
+                        summary.segmented += 1
+                    except Exception as error:  # every bad video is reported as one line and the run goes on
+                        report_failure(summary, console, job.source, error, debug)
+        except KeyboardInterrupt:
+            print_line(console, "interrupted: finished videos are kept; run the same command again to do the rest")
+            print_summary(summary, output, "video", inputs="videos")
+            exit_with(EXIT_INTERRUPTED)
+        return finish(summary, output, "video", inputs="videos")
+
+    exit_with(run_command(body, debug=debug))
+
+
+__all__ = ["video"]
