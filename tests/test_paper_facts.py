@@ -136,7 +136,7 @@ def _cosine(step: int, total: int, lr: float, lr_min: float) -> float:
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * step / total)) / 2
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 def test_cosine_schedule_runs_from_lr_to_lr_min(tmp_path: Path):
     from training_fixtures import shapes_dataset, tiny_train_config
 
