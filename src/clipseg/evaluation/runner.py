@@ -14,7 +14,7 @@ from ..progress import progress_bar
 from .settings import EvalConfig
 from .engine import Row, Runtime
 from .protocols import make_protocol
-from .reports import ReportFiles, write_report
+from .reports import ReportFiles
 
 
 @dataclass
@@ -56,4 +56,4 @@ def run_evaluation(config: EvalConfig, *, resume: bool = True, progress: bool | 
         runtime = Runtime(config, progress=bars if show else None, resume=resume)
         for spec in config.models:
             rows += protocol.rows(spec, runtime)
-    return EvaluationResult(rows, write_report(config, rows))
+    return EvaluationResult(rows, protocol.write_report(rows))
