@@ -29,11 +29,14 @@ from .options import (
     TemplatesOption,
 )
 from .runner import RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
+from .thresholds import DEFAULT_THRESHOLD, parse_threshold, resolve_threshold
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ..model.interface import SegmentationModel
     from ..predictor import Prediction
+    from ..thresholds import Thresholds
 
 
 def labels(
@@ -41,7 +44,7 @@ def labels(
     output: OutputOption,
     prompt: PromptOption = None,
     negative: NegativeOption = None,
-    background_threshold: BackgroundThresholdOption = 0.4,
+    background_threshold: BackgroundThresholdOption = None,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
     model: ModelOption = DEFAULT_MODEL,
@@ -73,33 +76,55 @@ def labels(
         if len(texts) > 255:
             raise CLIError(f"{len(texts)} prompts: a label map holds at most 255", EXIT_USAGE)
         negatives = prompt_texts(negative, "--negative")
+        given = parse_threshold(background_threshold, "--background-threshold")
         limit_pixels(max_pixels)
         console = stderr_console()
         jobs, failures = plan_jobs(inputs, output, console)
         plan_label_outputs(jobs, output)
         colours = label_colours(len(texts))
-        legend = {
-            "background_threshold": background_threshold,
-            "labels": [
-                {"value": value, "name": name, "colour": list(colours[value])}
-                for value, name in enumerate(["background", *texts])
-            ],
-        }
+        chosen: list[float | Thresholds] = [DEFAULT_THRESHOLD]
+
+        def write_legend() -> None:
+            threshold = chosen[0]
+            legend = {
+                "background_threshold": threshold if isinstance(threshold, float) else {
+                    text: threshold.for_prompt(text) for text in texts
+                },
+                "labels": [
+                    {"value": value, "name": name, "colour": list(colours[value])}
+                    for value, name in enumerate(["background", *texts])
+                ],
+            }
+            save_json(legend, output / LEGEND_NAME)  # rewritten each run: cheap, and always matches the prompts
+
+        def on_model(model: SegmentationModel) -> None:
+            chosen[0] = resolve_threshold(given, background_threshold, model, texts, console)
+            write_legend()
 
         def write(job: Job, image: Image.Image, prediction: Prediction) -> int:
-            return _write_labels(job, image, prediction, background_threshold, overwrite)
+            return _write_labels(job, image, prediction, chosen[0], overwrite)
 
         prepare_output(output)
-        save_json(legend, output / LEGEND_NAME)  # rewritten each run: cheap, and always matches the prompts
+        if given is not None:
+            chosen[0] = given
+        write_legend()  # rewritten once the model is loaded, should its thresholds.json apply
         return run_jobs(
-            jobs, failures, output, console, prompts=texts, negatives=negatives, write=write, settings=settings
+            jobs,
+            failures,
+            output,
+            console,
+            prompts=texts,
+            negatives=negatives,
+            write=write,
+            settings=settings,
+            on_model=on_model,
         )
 
     exit_with(run_command(body, debug=debug))
 
 
 def _write_labels(
-    job: Job, image: Image.Image, prediction: Prediction, background_threshold: float, overwrite: bool
+    job: Job, image: Image.Image, prediction: Prediction, background_threshold: float | Thresholds, overwrite: bool
 ) -> int:
     from ..outputs import label_image, label_overlay, save_image
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from PIL import Image
     from rich.console import Console
 
+    from ..model.interface import SegmentationModel
     from ..predictor import Prediction, Predictor
     from ..prompts import Prompt
 
@@ -102,9 +103,10 @@ def run_jobs(
     negatives: Sequence[str],
     write: Writer,
     settings: RunSettings,
+    on_model: Callable[[SegmentationModel], None] | None = None,
 ) -> int:
     """Segment the jobs whose outputs are missing (all with --overwrite), print the summary; returns the exit
-    status."""
+    status. `on_model` sees the loaded model before the first image (e.g. to read its calibrated thresholds)."""
     summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
     for source, reason in failures:
         print_line(console, f"error: {source}: {reason}")
@@ -126,6 +128,8 @@ def run_jobs(
         extract_layers=settings.extract_layers,
         console=console,
     )
+    if on_model is not None:
+        on_model(loaded)
     predictor = Predictor(loaded)
     predict_options = {"templates": settings.templates.value, "ensemble": settings.ensemble}
     try:

@@ -43,13 +43,16 @@ from .options import (
     VisualPromptOption,
 )
 from .runner import RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
+from .thresholds import DEFAULT_THRESHOLD, parse_threshold, resolve_threshold
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ..model.interface import SegmentationModel
     from ..postprocess import MaskOptions
     from ..predictor import Prediction
     from ..prompts import ImagePrompt, Prompt
+    from ..thresholds import Thresholds
 
 
 def segment(
@@ -64,7 +67,7 @@ def segment(
     mix: MixOption = None,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
-    threshold: ThresholdOption = 0.4,
+    threshold: ThresholdOption = None,
     output_format: FormatOption = None,
     union: UnionOption = False,
     min_area: MinAreaOption = 0,
@@ -95,9 +98,15 @@ def segment(
 
         texts = prompt_texts(prompt, "--prompt")
         negatives = prompt_texts(negative, "--negative")
+        given = parse_threshold(threshold, "--threshold")
         try:
             options = MaskOptions(
-                threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather
+                threshold=given if isinstance(given, float) else DEFAULT_THRESHOLD,
+                min_area=min_area,
+                dilate=dilate,
+                erode=erode,
+                invert=invert,
+                feather=feather,
             )
         except ValueError as error:
             raise CLIError(one_line(error), EXIT_USAGE) from None
@@ -109,12 +118,26 @@ def segment(
         jobs, failures = plan_jobs(inputs, output, console)
         plan_segment_outputs(jobs, output, formats, entry_names)
         prepare_output(output)
+        chosen: list[float | Thresholds] = [options.threshold]  # final once the model is loaded
+
+        def on_model(model: SegmentationModel) -> None:
+            chosen[0] = resolve_threshold(given, threshold, model, names, console)
 
         def write(job: Job, image: Image.Image, prediction: Prediction) -> int:
-            return _write_segmentation(job, image, prediction, formats, options, union, entry_names, overwrite)
+            return _write_segmentation(
+                job, image, prediction, formats, options, chosen[0], union, entry_names, overwrite
+            )
 
         return run_jobs(
-            jobs, failures, output, console, prompts=prompts, negatives=negatives, write=write, settings=settings
+            jobs,
+            failures,
+            output,
+            console,
+            prompts=prompts,
+            negatives=negatives,
+            write=write,
+            settings=settings,
+            on_model=on_model,
         )
 
     exit_with(run_command(body, debug=debug))
@@ -159,10 +182,15 @@ def _write_segmentation(
     prediction: Prediction,
     formats: list[OutputFormat],
     options: MaskOptions,
+    threshold: float | Thresholds,
     union: bool,
     entry_names: list[str],
     overwrite: bool,
 ) -> int:
+    from dataclasses import replace
+
+    import numpy as np
+
     from ..outputs import (
         cutout,
         heatmap_overlay,
@@ -173,6 +201,7 @@ def _write_segmentation(
         save_image,
         save_json,
     )
+    from ..thresholds import per_prompt
 
     per_entry = [fmt for fmt in formats if fmt != OutputFormat.rle]
     written = 0
@@ -186,10 +215,19 @@ def _write_segmentation(
         if not todo and not want_rle:
             continue
         probabilities = (prediction.union_probability() if union else prediction.probability(index)).numpy()
-        binary = options.binary(probabilities)
-        alpha = options.apply(probabilities) if options.feather > 0 else binary
+        if union and not isinstance(threshold, float):
+            # Per-prompt thresholds: the union of the prompts' masks, then the same clean-up (a 0/1 map
+            # thresholded at 0.5 is that union).
+            entry_options = replace(options, threshold=0.5)
+            thresholded = prediction.union(threshold).numpy().astype(np.float32)
+            recorded: float | dict[str, float] = dict(zip(prediction.names, per_prompt(threshold, prediction.names)))
+        else:
+            (value,) = per_prompt(threshold, [prediction.names[index]]) if not union else (threshold,)
+            entry_options, thresholded, recorded = replace(options, threshold=value), probabilities, value
+        binary = entry_options.binary(thresholded)
+        alpha = entry_options.apply(thresholded) if options.feather > 0 else binary
         if want_rle:
-            annotations.append(rle_annotation(binary, probabilities, prompt=name, threshold=options.threshold))
+            annotations.append(rle_annotation(binary, probabilities, prompt=name, threshold=recorded))
         for fmt, path in todo:
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == OutputFormat.mask:
