@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from predictor_fixtures import tiny_config
 from typer.testing import CliRunner
 
 import clipseg
@@ -24,7 +23,7 @@ from clipseg import cli
 from clipseg.data.synthetic import write_coco, write_folder
 from clipseg.evaluation.calibration import choose_threshold
 from clipseg.evaluation.metrics import average_precision
-from clipseg.testing import he_init_
+from clipseg.testing import he_init_, tiny_config
 from clipseg.thresholds import Thresholds
 
 runner = CliRunner()
@@ -41,7 +40,7 @@ def one_thread():
 
 def save_model(directory: Path, seed: int) -> Path:
     """A tiny He-initialised CLIPSeg run at 64 px (logits vary across pixels and prompts)."""
-    config = dataclasses.replace(tiny_config(), image_size=64)
+    config = dataclasses.replace(tiny_config("refined"), image_size=64)
     he_init_(clipseg.CLIPSeg(config), seed=seed).eval().save_pretrained(directory)
     return directory
 
@@ -303,7 +302,7 @@ def test_bad_threshold_numbers(tmp_path, photo, models):
 
 def test_training_exports_thresholds_chosen_on_its_validation_split(tmp_path, caplog):
     from training_fixtures import ShapesSource, shapes_dataset
-    from training_fixtures import tiny_config as training_config
+    from training_fixtures import tiny_train_config as training_config
 
     from clipseg.data.phrasecut_plus import PhraseCutPlus
     from clipseg.training.trainer import Trainer

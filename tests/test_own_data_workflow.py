@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from predictor_fixtures import tiny_config
 from typer.testing import CliRunner
 
 import clipseg
 from clipseg import cli
 from clipseg.data import synthetic
-from clipseg.testing import he_init_
+from clipseg.testing import he_init_, tiny_config
 from clipseg.thresholds import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +44,7 @@ def test_the_readme_own_data_example_runs_end_to_end(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
     released = tmp_path / "released"
-    he_init_(clipseg.CLIPSeg(dataclasses.replace(tiny_config(), image_size=64)), seed=0).save_pretrained(released)
+    he_init_(clipseg.CLIPSeg(dataclasses.replace(tiny_config("refined"), image_size=64)), seed=0).save_pretrained(released)
     runner = CliRunner()
     commands = readme_commands()
     assert [c.split()[:2] for c in commands] == [["python", "-m"]] * 3 + [
