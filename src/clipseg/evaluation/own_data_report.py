@@ -45,18 +45,23 @@ def _prompts(rows: Sequence[Row]) -> list[str]:
     return sorted({prompt for row in rows for prompt in row.details["prompts"]})
 
 
+def _table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    rows = [headers, ["---"] * len(headers), *lines]
+    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)
+
+
 def overall_table(rows: Sequence[Row]) -> str:
     """One line per model: AP, then each IoU at its best threshold (with it) and at 0.5."""
     headers = ["Model", "AP"]
     headers += [f"{h} best (t)" for h, _ in _METRICS[1:]] + [f"{h} @0.5" for h, _ in _METRICS[1:]]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    lines = []
     for row in rows:
         v = row.values
         cells = [row.name, _percent(v["all/ap"])]
         cells += [f"{_percent(v[f'all/{k}@best'])} ({v[f'all/{k}@best_t']:.2f})" for _, k in _METRICS[1:]]
         cells += [_percent(v[f"all/{k}@0.5"]) for _, k in _METRICS[1:]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return _table(headers, lines)
 
 
 def prompt_table(rows: Sequence[Row]) -> str:
@@ -64,10 +69,10 @@ def prompt_table(rows: Sequence[Row]) -> str:
     headers = ["Prompt", "Samples"]
     for row in rows:
         headers += [f"{row.name}: AP", f"{row.name}: IoU_FG best (t)", f"{row.name}: IoU_FG @0.5"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    lines = []
     for prompt in _prompts(rows):
         samples = next(r.details["prompts"][prompt]["samples"] for r in rows if prompt in r.details["prompts"])
-        cells = [prompt.replace("|", "\\|"), str(samples)]
+        cells = [prompt, str(samples)]
         for row in rows:
             key = f"prompt/{prompt}/"
             if f"{key}ap" not in row.values:
@@ -76,8 +81,8 @@ def prompt_table(rows: Sequence[Row]) -> str:
             v = row.values
             best = f"{_percent(v[key + 'fgiou@best'])} ({v[key + 'fgiou@best_t']:.2f})"
             cells += [_percent(v[key + "ap"]), best, _percent(v[key + "fgiou@0.5"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return _table(headers, lines)
 
 
 def per_image_plot(rows: Sequence[Row], directory: Path) -> Path:

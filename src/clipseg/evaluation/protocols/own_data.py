@@ -130,13 +130,9 @@ class OwnDataProtocol(EvaluationProtocol):
         self, runtime: Runtime, predictor: Any, jobs: list[Job], cache: Any, options: OwnDataOptions, name: str
     ) -> dict[str, np.ndarray]:
         """Per-sample (49, 4) statistics, from the cache where present; the rest predicted image by image."""
-        wanted = {job.sample.key for job in jobs}
-        done: dict[str, np.ndarray] = {}
         with runtime.bar(f"{name}: own data", len(jobs)) as advance:
-            for key, arrays in cache.completed():
-                if key in wanted and key not in done:
-                    done[key] = arrays["statistics"]
-                    advance(1)
+            done = cache.stored({job.sample.key for job in jobs}, "statistics")
+            advance(len(done))
             by_image: dict[str, list[Job]] = defaultdict(list)
             for job in jobs:
                 if job.sample.key not in done:
