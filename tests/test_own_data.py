@@ -30,12 +30,7 @@ runner = CliRunner()
 GRID = np.linspace(0, 1, 51)[1:-1]  # the paper's 49 thresholds, 0.02 ... 0.98
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def save_model(directory: Path, seed: int) -> Path:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -40,8 +39,8 @@ def readme_commands() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
+@pytest.mark.usefixtures("single_thread")
 def test_the_readme_own_data_example_runs_end_to_end(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
     released = tmp_path / "released"
     he_init_(clipseg.CLIPSeg(dataclasses.replace(tiny_config("refined"), image_size=64)), seed=0).save_pretrained(released)
