@@ -14,7 +14,8 @@ from ..progress import progress_bar
 from .settings import EvalConfig
 from .engine import Row, Runtime
 from .protocols import make_protocol
-from .reports import ReportFiles
+from .own_data_report import write_own_data_report
+from .reports import ReportFiles, write_report
 
 
 @dataclass
@@ -56,4 +57,6 @@ def run_evaluation(config: EvalConfig, *, resume: bool = True, progress: bool | 
         runtime = Runtime(config, progress=bars if show else None, resume=resume)
         for spec in config.models:
             rows += protocol.rows(spec, runtime)
-    return EvaluationResult(rows, protocol.write_report(rows))
+    # Own data has no paper table: its report puts the models side by side overall and per prompt.
+    writer = write_own_data_report if config.protocol == "own_data" else write_report
+    return EvaluationResult(rows, writer(config, rows))

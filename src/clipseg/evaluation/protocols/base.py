@@ -7,17 +7,13 @@ the wrong type are errors), evaluates one model spec at a time and returns table
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ...typed_config import build
 from ..engine import Row, Runtime
 from ..settings import EvalConfig, ModelSpec
-
-if TYPE_CHECKING:
-    from ..reports import ReportFiles
 
 PROTOCOLS: dict[str, type[EvaluationProtocol]] = {}
 """Every protocol by its config name (``protocol:``), filled by `register`."""
@@ -76,12 +72,6 @@ class EvaluationProtocol(ABC):
     @abstractmethod
     def rows(self, spec: ModelSpec, runtime: Runtime) -> list[Row]:
         """Evaluate one model."""
-
-    def write_report(self, rows: list[Row], directory: str | os.PathLike | None = None) -> ReportFiles:
-        """Write report.md, results.json and the plots (default: beside the paper's table)."""
-        from ..reports import write_report  # the reports name every protocol: imported when one reports
-
-        return write_report(self.config, rows, directory)
 
 
 def make_protocol(config: EvalConfig) -> EvaluationProtocol:

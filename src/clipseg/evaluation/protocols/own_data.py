@@ -185,11 +185,6 @@ class OwnDataProtocol(EvaluationProtocol):
             examples.append(Example(image, probabilities.numpy(), job.sample.load_mask(), caption))
         return examples
 
-    def write_report(self, rows: list[Row], directory: Any = None) -> Any:
-        from ..own_data_report import write_own_data_report
-
-        return write_own_data_report(self.config, rows, directory)
-
 
 def score_values(scores: BinaryScores) -> dict[str, float]:
     """AP, and IoU_FG, mIoU and IoU_BIN at the best threshold (with that threshold) and at 0.5."""
