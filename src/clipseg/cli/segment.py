@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +61,7 @@ from .resolution import (
     resolution_settings,
 )
 from .runner import EngineSettings, RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
+from .thresholds import DEFAULT_THRESHOLD, model_thresholds, parse_threshold, resolve_threshold
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from ..postprocess import MaskOptions
     from ..predictor import Prediction
     from ..prompts import ImagePrompt, Prompt
+    from ..thresholds import Thresholds
 
 
 def segment(
@@ -85,7 +86,7 @@ def segment(
     mix: MixOption = None,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
-    threshold: ThresholdOption = 0.4,
+    threshold: ThresholdOption = None,
     output_format: FormatOption = None,
     union: UnionOption = False,
     min_area: MinAreaOption = 0,
@@ -128,9 +129,15 @@ def segment(
 
         texts = prompt_texts(prompt, "--prompt")
         negatives = prompt_texts(negative, "--negative")
+        given = parse_threshold(threshold, "--threshold")
         try:
             options = MaskOptions(
-                threshold=threshold, min_area=min_area, dilate=dilate, erode=erode, invert=invert, feather=feather
+                threshold=given if isinstance(given, float) else DEFAULT_THRESHOLD,
+                min_area=min_area,
+                dilate=dilate,
+                erode=erode,
+                invert=invert,
+                feather=feather,
             )
         except ValueError as error:
             raise CLIError(one_line(error), EXIT_USAGE) from None
@@ -139,12 +146,12 @@ def segment(
         console = stderr_console()
         matting = None
         if alpha_matting:
-            given = {
+            trimap = {
                 "foreground": alpha_matting_foreground,
                 "background": alpha_matting_background,
                 "erode": alpha_matting_erode,
             }
-            matting = {key: value for key, value in given.items() if value is not None}
+            matting = {key: value for key, value in trimap.items() if value is not None}
             if OutputFormat.cutout not in formats:
                 print_line(console, "note: --alpha-matting only changes cut-outs: add -f cutout")
         run_settings = replace(settings, resolution=resolution_settings(tiles, tile_scales, refine, matting))
@@ -155,10 +162,13 @@ def segment(
         plan_segment_outputs(jobs, output, formats, entry_names)
         prepare_output(output)
         rows = None if manifest is None else RowSettings(output, model, formats, entry_names)
+        # Settled before the run (with --engine ray the model loads in the workers): the one given, else the model
+        # directory's calibrated thresholds.json.
+        chosen = resolve_threshold(given, threshold, model_thresholds(model), names, console)
 
         def write(job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
             return _write_segmentation(
-                job, image, prediction, formats, options, union, entry_names, overwrite, rows, matting
+                job, image, prediction, formats, options, chosen, union, entry_names, overwrite, rows, matting
             )
 
         return run_jobs(
@@ -171,7 +181,9 @@ def segment(
             write=write,
             settings=run_settings,
             engine=run_engine,
-            manifest=_manifest_writer(manifest, entry_names, model, threshold, overwrite),
+            manifest=_manifest_writer(
+                manifest, entry_names, model, chosen if isinstance(chosen, float) else chosen.overall, overwrite
+            ),
         )
 
     exit_with(run_command(body, debug=debug))
@@ -216,6 +228,7 @@ def _write_segmentation(
     prediction: Prediction,
     formats: list[OutputFormat],
     options: MaskOptions,
+    threshold: float | Thresholds,
     union: bool,
     entry_names: list[str],
     overwrite: bool,
@@ -224,6 +237,8 @@ def _write_segmentation(
 ) -> tuple[int, list[dict]]:
     """Write the job's missing files (all with `overwrite`); returns (files written, manifest rows: with `rows`,
     one per prompt whether or not its files were written now)."""
+    import numpy as np
+
     from ..outputs import (
         cutout,
         heatmap_overlay,
@@ -234,6 +249,7 @@ def _write_segmentation(
         save_image,
         save_json,
     )
+    from ..thresholds import per_prompt
 
     per_entry = [fmt for fmt in formats if fmt != OutputFormat.rle]
     written = 0
@@ -248,13 +264,24 @@ def _write_segmentation(
         if not todo and not want_rle and rows is None:
             continue
         probabilities = (prediction.union_probability() if union else prediction.probability(index)).numpy()
-        binary = options.binary(probabilities)
-        alpha = options.apply(probabilities) if options.feather > 0 else binary
+        if union and not isinstance(threshold, float):
+            # Per-prompt thresholds: the union of the prompts' masks, then the same clean-up (a 0/1 map
+            # thresholded at 0.5 is that union).
+            entry_options = replace(options, threshold=0.5)
+            thresholded = prediction.union(threshold).numpy().astype(np.float32)
+            recorded: float | dict[str, float] = dict(zip(prediction.names, per_prompt(threshold, prediction.names)))
+        else:
+            (value,) = per_prompt(threshold, [prediction.names[index]]) if not union else (threshold,)
+            entry_options, thresholded, recorded = replace(options, threshold=value), probabilities, value
+        binary = entry_options.binary(thresholded)
+        alpha = entry_options.apply(thresholded) if options.feather > 0 else binary
         if want_rle or rows is not None:
-            annotation = rle_annotation(binary, probabilities, prompt=name, threshold=options.threshold)
+            annotation = rle_annotation(binary, probabilities, prompt=name, threshold=recorded)
             annotations.append(annotation)
             if rows is not None:
-                manifest_rows.append(rows.row(job, index, annotation, image))
+                # The manifest's threshold column is a number: a union under per-prompt thresholds records none.
+                number = recorded if isinstance(recorded, float) else None
+                manifest_rows.append(rows.row(job, index, {**annotation, "threshold": number}, image))
         for fmt, path in todo:
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == OutputFormat.mask:
