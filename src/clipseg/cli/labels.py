@@ -31,11 +31,13 @@ from .options import (
 )
 from .resolution import RefineOption, TileScalesOption, TilesOption, resolution_settings
 from .runner import RunSettings, exit_with, limit_pixels, prompt_texts, run_jobs
+from .thresholds import model_thresholds, parse_threshold, resolve_threshold
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from ..predictor import Prediction
+    from ..thresholds import Thresholds
 
 
 def labels(
@@ -43,7 +45,7 @@ def labels(
     output: OutputOption,
     prompt: PromptOption = None,
     negative: NegativeOption = None,
-    background_threshold: BackgroundThresholdOption = 0.4,
+    background_threshold: BackgroundThresholdOption = None,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
     tiles: TilesOption = False,
@@ -78,14 +80,18 @@ def labels(
         if len(texts) > 255:
             raise CLIError(f"{len(texts)} prompts: a label map holds at most 255", EXIT_USAGE)
         negatives = prompt_texts(negative, "--negative")
+        given = parse_threshold(background_threshold, "--background-threshold")
         limit_pixels(max_pixels)
         run_settings = replace(settings, resolution=resolution_settings(tiles, tile_scales, refine))
         console = stderr_console()
         jobs, failures = plan_jobs(inputs, output, console)
         plan_label_outputs(jobs, output)
         colours = label_colours(len(texts))
+        # Settled before the run (with --engine ray the model loads in the workers): the one given, else the model
+        # directory's calibrated thresholds.json.
+        chosen = resolve_threshold(given, background_threshold, model_thresholds(settings.model), texts, console)
         legend = {
-            "background_threshold": background_threshold,
+            "background_threshold": chosen if isinstance(chosen, float) else {t: chosen.for_prompt(t) for t in texts},
             "labels": [
                 {"value": value, "name": name, "colour": list(colours[value])}
                 for value, name in enumerate(["background", *texts])
@@ -93,7 +99,7 @@ def labels(
         }
 
         def write(job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
-            return _write_labels(job, image, prediction, background_threshold, overwrite), []
+            return _write_labels(job, image, prediction, chosen, overwrite), []
 
         prepare_output(output)
         save_json(legend, output / LEGEND_NAME)  # rewritten each run: cheap, and always matches the prompts
@@ -105,7 +111,7 @@ def labels(
 
 
 def _write_labels(
-    job: Job, image: Image.Image, prediction: Prediction, background_threshold: float, overwrite: bool
+    job: Job, image: Image.Image, prediction: Prediction, background_threshold: float | Thresholds, overwrite: bool
 ) -> int:
     from ..outputs import label_image, label_overlay, save_image
 

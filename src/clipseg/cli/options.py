@@ -167,8 +167,16 @@ MixOption = Annotated[
 
 # `clipseg segment` only: masks.
 ThresholdOption = Annotated[
-    float,
-    typer.Option("--threshold", "-t", min=0.0, max=1.0, help="Probability for a mask pixel.", rich_help_panel="Masks"),
+    str | None,
+    typer.Option(
+        "--threshold",
+        "-t",
+        help="Probability for a mask pixel (0-1), or a thresholds.json from `clipseg eval --write-thresholds` "
+        "(per prompt, overall for the rest). Default: the model directory's thresholds.json if it has one, else 0.4.",
+        metavar="T|FILE",
+        show_default=False,
+        rich_help_panel="Masks",
+    ),
 ]
 FormatOption = Annotated[
     list[OutputFormat] | None,
@@ -245,9 +253,14 @@ EveryOption = Annotated[
 
 # `clipseg labels` only.
 BackgroundThresholdOption = Annotated[
-    float,
+    str | None,
     typer.Option(
-        "--background-threshold", "-t", min=0.0, max=1.0, help="Pixels where no prompt reaches this are background."
+        "--background-threshold",
+        "-t",
+        help="Pixels whose best prompt stays below this are background: 0-1, or a thresholds.json (per prompt). "
+        "Default: the model directory's thresholds.json if it has one, else 0.4.",
+        metavar="T|FILE",
+        show_default=False,
     ),
 ]
 

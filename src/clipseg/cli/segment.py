@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +63,7 @@ from .resolution import (
     resolution_settings,
 )
 from .runner import EngineSettings, RunSettings, exit_with, limit_pixels, output_lock, prompt_texts, run_jobs
+from .thresholds import DEFAULT_THRESHOLD, model_thresholds, parse_threshold, resolve_threshold
 from .watching import watch_jobs
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from ..postprocess import MaskOptions
     from ..predictor import Prediction
     from ..prompts import ImagePrompt, Prompt
+    from ..thresholds import Thresholds
 
 
 def segment(
@@ -89,7 +90,7 @@ def segment(
     mix: MixOption = None,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
-    threshold: ThresholdOption = 0.4,
+    threshold: ThresholdOption = None,
     output_format: FormatOption = None,
     union: UnionOption = False,
     min_area: MinAreaOption = 0,
@@ -134,18 +135,21 @@ def segment(
     def body() -> int:
         texts = prompt_texts(prompt, "--prompt")
         negatives = prompt_texts(negative, "--negative")
-        options = mask_options(threshold, min_area, dilate, erode, invert, feather)
+        given = parse_threshold(threshold, "--threshold")
+        options = mask_options(
+            given if isinstance(given, float) else DEFAULT_THRESHOLD, min_area, dilate, erode, invert, feather
+        )
         limit_pixels(max_pixels)
         run_engine = _engine(engine, ray_address, workers)
         console = stderr_console()
         matting = None
         if alpha_matting:
-            given = {
+            trimap = {
                 "foreground": alpha_matting_foreground,
                 "background": alpha_matting_background,
                 "erode": alpha_matting_erode,
             }
-            matting = {key: value for key, value in given.items() if value is not None}
+            matting = {key: value for key, value in trimap.items() if value is not None}
             if OutputFormat.cutout not in formats:
                 print_line(console, "note: --alpha-matting only changes cut-outs: add -f cutout")
         run_settings = replace(settings, resolution=resolution_settings(tiles, tile_scales, refine, matting))
@@ -157,6 +161,9 @@ def segment(
             raise CLIError("--watch runs on the local engine and takes folders: drop --engine ray, --manifest and "
                            "--manifest-in", EXIT_USAGE)
         rows = None if manifest is None else RowSettings(output, model, formats, entry_names)
+        # Settled before the run (with --engine ray the model loads in the workers): the one given, else the model
+        # directory's calibrated thresholds.json.
+        chosen = resolve_threshold(given, threshold, model_thresholds(model), names, console)
 
         def plan(console: Console) -> tuple[list[Job], list[Failure]]:
             jobs, failures = plan_jobs(inputs or [], output, console, listed=listed)
@@ -166,7 +173,7 @@ def segment(
         def write(job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
             redo = overwrite or job.redo
             return _write_segmentation(
-                job, image, prediction, formats, options, union, entry_names, redo, rows, matting
+                job, image, prediction, formats, options, chosen, union, entry_names, redo, rows, matting
             )
 
         prepare_output(output)
@@ -187,7 +194,9 @@ def segment(
             write=write,
             settings=run_settings,
             engine=run_engine,
-            manifest=_manifest_writer(manifest, entry_names, model, threshold, overwrite),
+            manifest=_manifest_writer(
+                manifest, entry_names, model, chosen if isinstance(chosen, float) else chosen.overall, overwrite
+            ),
         )
 
     exit_with(run_command(body, debug=debug))
@@ -251,6 +260,7 @@ def _write_segmentation(
     prediction: Prediction,
     formats: list[OutputFormat],
     options: MaskOptions,
+    threshold: float | Thresholds,
     union: bool,
     entry_names: list[str],
     overwrite: bool,
@@ -259,6 +269,8 @@ def _write_segmentation(
 ) -> tuple[int, list[dict]]:
     """Write the job's missing files (all with `overwrite`); returns (files written, manifest rows: with `rows`,
     one per prompt whether or not its files were written now)."""
+    import numpy as np
+
     from ..outputs import (
         cutout,
         heatmap_overlay,
@@ -269,6 +281,7 @@ def _write_segmentation(
         save_image,
         save_json,
     )
+    from ..thresholds import per_prompt
 
     per_entry = [fmt for fmt in formats if fmt != OutputFormat.rle]
     written = 0
@@ -283,13 +296,24 @@ def _write_segmentation(
         if not todo and not want_rle and rows is None:
             continue
         probabilities = (prediction.union_probability() if union else prediction.probability(index)).numpy()
-        binary = options.binary(probabilities)
-        alpha = options.apply(probabilities) if options.feather > 0 else binary
+        if union and not isinstance(threshold, float):
+            # Per-prompt thresholds: the union of the prompts' masks, then the same clean-up (a 0/1 map
+            # thresholded at 0.5 is that union).
+            entry_options = replace(options, threshold=0.5)
+            thresholded = prediction.union(threshold).numpy().astype(np.float32)
+            recorded: float | dict[str, float] = dict(zip(prediction.names, per_prompt(threshold, prediction.names)))
+        else:
+            (value,) = per_prompt(threshold, [prediction.names[index]]) if not union else (threshold,)
+            entry_options, thresholded, recorded = replace(options, threshold=value), probabilities, value
+        binary = entry_options.binary(thresholded)
+        alpha = entry_options.apply(thresholded) if options.feather > 0 else binary
         if want_rle or rows is not None:
-            annotation = rle_annotation(binary, probabilities, prompt=name, threshold=options.threshold)
+            annotation = rle_annotation(binary, probabilities, prompt=name, threshold=recorded)
             annotations.append(annotation)
             if rows is not None:
-                manifest_rows.append(rows.row(job, index, annotation, image))
+                # The manifest's threshold column is a number: a union under per-prompt thresholds records none.
+                number = recorded if isinstance(recorded, float) else None
+                manifest_rows.append(rows.row(job, index, {**annotation, "threshold": number}, image))
         for fmt, path in todo:
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == OutputFormat.mask:

@@ -62,6 +62,7 @@ from .runner import (
     report_failure,
 )
 from .segment import build_image_prompt, combine_prompts, mask_options
+from .thresholds import DEFAULT_THRESHOLD, parse_threshold
 
 
 def video(
@@ -76,7 +77,7 @@ def video(
     mix: MixOption = None,
     templates: TemplatesOption = TemplateSet.plain,
     ensemble: EnsembleOption = False,
-    threshold: ThresholdOption = 0.4,
+    threshold: ThresholdOption = None,
     output_format: VideoFormatOption = None,
     union: UnionOption = False,
     min_area: MinAreaOption = 0,
@@ -118,7 +119,10 @@ def video(
             raise CLIError(one_line(error)) from None
         texts = prompt_texts(prompt, "--prompt")
         negatives = prompt_texts(negative, "--negative")
-        options = mask_options(threshold, min_area, dilate, erode, invert, feather)
+        given = parse_threshold(threshold, "--threshold")
+        if given is not None and not isinstance(given, float):
+            raise CLIError("--threshold of clipseg video takes a number in [0, 1]", EXIT_USAGE)
+        options = mask_options(DEFAULT_THRESHOLD if given is None else given, min_area, dilate, erode, invert, feather)
         console = stderr_console()
         image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
         prompts, names = combine_prompts(texts, image_prompt, mix)

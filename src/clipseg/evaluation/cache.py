@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,14 @@ class SampleCache:
                 arrays = {name: data[name] for name in data.files if name != "__keys__"}
             for row, key in enumerate(keys):
                 yield key, {name: values[row] for name, values in arrays.items()}
+
+    def stored(self, wanted: Collection[str], name: str) -> dict[str, np.ndarray]:
+        """The stored array `name` of every sample in `wanted` that has one (the first stored, if repeated)."""
+        found: dict[str, np.ndarray] = {}
+        for key, arrays in self.completed():
+            if key in wanted and key not in found:
+                found[key] = arrays[name]
+        return found
 
     def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
         """Store the results of one sample (written when the buffer holds `chunk_size` samples)."""

@@ -14,6 +14,7 @@ from ..progress import progress_bar
 from .settings import EvalConfig
 from .engine import Row, Runtime
 from .protocols import make_protocol
+from .own_data_report import write_own_data_report
 from .reports import ReportFiles, write_report
 
 
@@ -57,4 +58,9 @@ def run_evaluation(config: EvalConfig, *, resume: bool = True, progress: bool | 
         runtime = Runtime(config, progress=bars if show else None, resume=resume)
         for spec in config.models:
             rows += protocol.rows(spec, runtime)
-    return EvaluationResult(rows, write_report(config, rows, failed=runtime.failed), runtime.failed)
+    # Own data has no paper table: its report puts the models side by side overall and per prompt.
+    if config.protocol == "own_data":
+        files = write_own_data_report(config, rows)
+    else:
+        files = write_report(config, rows, failed=runtime.failed)
+    return EvaluationResult(rows, files, runtime.failed)

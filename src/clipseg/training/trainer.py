@@ -31,9 +31,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
+from ..device import resolve_device
+from ..evaluation.calibration import choose_thresholds
 from ..fileio import write_text
 from ..model.clipseg import CLIPSeg
-from ..device import resolve_device
+from ..thresholds import Thresholds
 from .autocast import autocast, resolve_precision
 from .checkpoint import (
     CHECKPOINTS_DIR,
@@ -247,6 +249,8 @@ class Trainer:
             progress.close()
             if metrics_log is not None:
                 metrics_log.close()
+        if main:
+            self.model.thresholds = self.calibrated_thresholds(last_validation)
         model_dir = self.export(self.output_dir / MODEL_DIR) if main else None
         self.distributed.barrier()
         return TrainResult(
@@ -431,6 +435,27 @@ class Trainer:
                     self.distributed.world_size,
                 )
             _seed_everything(self.config.run.seed + 1_000_003 * self.step + self.distributed.rank)
+
+    def calibrated_thresholds(self, validation: ValidationResult | None) -> Thresholds | None:
+        """Thresholds for the exported model's thresholds.json, chosen on the last validation (best IoU_FG overall
+        and per prompt); None, said in the log, without validation data."""
+        if validation is None:
+            logger.info("no validation data (data.val): the exported model gets no thresholds.json")
+            return None
+        try:
+            thresholds = choose_thresholds(
+                validation.scores.statistics, validation.prompt_statistics, model=str(self.output_dir / MODEL_DIR)
+            )
+        except ValueError as error:
+            logger.info("no thresholds.json for the exported model: %s", error)
+            return None
+        logger.info(
+            "calibrated thresholds on %d validation samples: overall %.2f, %d prompt(s) of their own",
+            validation.samples,
+            thresholds.overall,
+            len(thresholds.prompts),
+        )
+        return thresholds
 
     def export(self, directory: Path) -> Path:
         """Write the whole model (CLIP + trained decoder) as a `clipseg.load_model` directory, atomically."""

@@ -153,13 +153,10 @@ class VisualPromptEngineeringProtocol(LVISProtocol):
             raise ValueError(f"{self.lvis.path}: no image has {options.min_names} object names and a large object")
         state = {"options": dataclasses.asdict(options), "variants": variants}
         cache = runtime.cache(spec, "lvis", state, name="delta_p")
-        wanted = {f"{item[0]}/{item[1].id}" for item in selection}
-        probabilities: dict[str, np.ndarray] = {}
         with runtime.bar(f"{spec.name}: visual prompts", len(selection)) as advance:
-            for key, arrays in cache.completed():
-                if key in wanted and key not in probabilities:
-                    probabilities[key] = arrays["target_probability"]
-                    advance(1)
+            wanted = {f"{item[0]}/{item[1].id}" for item in selection}
+            probabilities = cache.stored(wanted, "target_probability")
+            advance(len(probabilities))
             try:
                 for item in selection:
                     key = f"{item[0]}/{item[1].id}"
