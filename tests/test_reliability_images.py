@@ -18,7 +18,7 @@ from PIL import Image
 import clipseg
 from clipseg.image import ImageLoadError, load_image
 from clipseg.outputs import mask_overlay, save_image
-from clipseg.predictor import upsample_logits
+from clipseg.prediction import upsample_logits
 
 SRC = Path(clipseg.__file__).resolve().parents[1]
 

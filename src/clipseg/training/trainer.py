@@ -17,7 +17,6 @@ import logging
 import math
 import random
 import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ from .data import (
 from .distributed import DistributedContext, local_rank_from_environment
 from .metrics_log import MetricsLog
 from .model import build_model, frozen_fingerprint, trainable_parameters
+from .run_log import LossWindow, TrainingProgress
 from .validation import ValidationResult, evaluate
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class Trainer:
         self.decoder_step = decoder_step
         self.step = 0
         self.bad_samples = 0
-        self.window = _Window(config.optim.batch_size)
+        self.window = LossWindow(config.optim.batch_size)
         self.last_checkpoint: Path | None = None
         _seed_everything(seed + self.distributed.rank)
         if checkpoint is not None:
@@ -218,7 +218,7 @@ class Trainer:
         show_progress = main and (config.run.progress if config.run.progress is not None else sys.stderr.isatty())
         if self.step >= total and self.last_checkpoint is not None:
             return self._already_complete(metrics_log)
-        progress = _Progress(total, self.step, enabled=show_progress)
+        progress = TrainingProgress(total, self.step, enabled=show_progress)
         batches = self._batches()
         self.model.decoder.train()
         window = self.window
@@ -466,76 +466,6 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-
-
-class _Window:
-    """Loss and throughput since the last log record."""
-
-    def __init__(self, global_batch_size: int) -> None:
-        self.global_batch_size = global_batch_size
-        self.last_mean = float("nan")
-        self._reset()
-
-    def _reset(self) -> None:
-        self.losses: list[float] = []
-        self.started = time.perf_counter()
-        self._elapsed_before = 0.0  # time the window ran before the checkpoint it was restored from
-
-    def restart_clock(self) -> None:
-        """Count time from now (a window restored from a checkpoint keeps the time it had run then)."""
-        self.started = time.perf_counter()
-
-    def state(self) -> dict[str, Any]:
-        """The window as primitives for a checkpoint: after resuming, the first record averages the same steps
-        as an uninterrupted run's (and its throughput leaves out the time the run was stopped)."""
-        return {"losses": list(self.losses), "elapsed": self._elapsed(), "last_mean": self.last_mean}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.losses = [float(loss) for loss in state["losses"]]
-        self._elapsed_before = float(state["elapsed"])
-        self.last_mean = float(state["last_mean"])
-
-    def _elapsed(self) -> float:
-        return self._elapsed_before + time.perf_counter() - self.started
-
-    def add(self, loss: float) -> None:
-        self.losses.append(loss)
-
-    def throughput(self) -> float:
-        elapsed = self._elapsed()
-        return len(self.losses) * self.global_batch_size / elapsed if elapsed > 0 else 0.0
-
-    def flush(self, lr: float) -> dict[str, float]:
-        self.last_mean = sum(self.losses) / len(self.losses)
-        record = {"loss": self.last_mean, "lr": lr, "samples_per_second": self.throughput()}
-        self._reset()
-        return record
-
-
-class _Progress:
-    """A rich progress bar with loss and throughput (a no-op when disabled)."""
-
-    def __init__(self, total: int, completed: int, *, enabled: bool) -> None:
-        self._progress = None
-        if not enabled:
-            return
-        from rich.progress import TextColumn
-
-        from ..progress import progress_bar
-
-        self._progress = progress_bar(
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[throughput]:.1f} samples/s")
-        )
-        self._task = self._progress.add_task("training", total=total, completed=completed, loss=float("nan"), throughput=0.0)
-        self._progress.start()
-
-    def update(self, step: int, loss: float, throughput: float) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step, loss=loss, throughput=throughput)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def _brief(result: ValidationResult) -> str:
