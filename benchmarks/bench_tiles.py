@@ -2,11 +2,13 @@
 
 A small decoder on a frozen random CLIP (no pretrained weights exist offline) is trained on synthetic scenes of
 coloured shapes at 352 px with the project's trainer (PhraseCut layout, a few minutes on the CPU). Scenes of the
-same kind 4x larger (1408 px) are then segmented with each shape's phrase ("red circle"): the global pass,
-tiles at several scales, and tiles + `--refine guided`, scored against the exact masks at threshold 0.5 (IoU and
-boundary F-score with 2-pixel tolerance), with seconds per megapixel measured side by side.
+same kind 4x larger (1408 px; objects scaled with the image, and objects of the training size) are then
+segmented with each shape's phrase ("red circle"): the global pass, tiles at several scales, and some of them
+with `--refine guided`, scored against the exact masks (IoU and boundary
+F-score with 2-pixel tolerance) at threshold 0.5 and at the model's calibrated threshold, with seconds per
+megapixel measured side by side. Tile settings were compared on seed 12345; report on another seed.
 
-    PYTHONPATH=src python benchmarks/bench_tiles.py --work /tmp/tiles --iterations 150 --scenes 4 --json out.json
+    PYTHONPATH=src python benchmarks/bench_tiles.py --work /tmp/tiles --iterations 600 --scenes 12 --seed 777 --json out.json
 
 The trained model is kept in the work directory; a second run with the same --work reuses it.
 """
@@ -35,11 +37,17 @@ ARCHITECTURE = {
 }
 VARIANTS: dict[str, TileOptions | None] = {
     "global": None,
-    "tiles 2": TileOptions(scales=(2,)),
-    "tiles 2, global weight 0": TileOptions(scales=(2,), global_weight=0.0),
+    "tiles 2 (default)": TileOptions(scales=(2,)),
     "tiles 3": TileOptions(scales=(3,)),
+    "tiles 4": TileOptions(scales=(4,)),
     "tiles 2+4": TileOptions(scales=(2, 4)),
 }
+# Variants also scored after `--refine guided` (its cost added to theirs).
+REFINED = ("global", "tiles 2 (default)", "tiles 4")
+# Two kinds of large scene: the training scenes at 4x the resolution (objects grow with the image: tiles see them
+# larger than in training), and a 4x larger canvas holding objects of the training size (small in the photo:
+# the global pass sees them at a quarter of their training size).
+SCENE_KINDS = {"objects scaled with the image": (0.12, 0.25), "objects of the training size": (0.03, 0.0625)}
 
 
 def train(work: Path, iterations: int, images: int) -> Path:
@@ -67,14 +75,20 @@ def train(work: Path, iterations: int, images: int) -> Path:
     return Path(result.model_dir)
 
 
-def evaluate(model_dir: Path, scenes: int, size: int, seed: int) -> dict:
-    predictor = Predictor(clipseg.load_model(model_dir))
+def evaluate(model_dir: Path, scenes: int, size: int, seed: int, radius: tuple[float, float]) -> dict:
+    """Score every variant at threshold 0.5 and at the model's calibrated overall threshold (its thresholds.json,
+    what `clipseg segment` uses), with seconds per megapixel measured side by side on the same scenes."""
+    model = clipseg.load_model(model_dir)
+    thresholds = {"0.5": 0.5}
+    if model.thresholds is not None:
+        thresholds["calibrated"] = model.thresholds.overall
+    predictor = Predictor(model)
     rng = np.random.default_rng(seed)
-    names = [*VARIANTS, "tiles 2 + refine"]
-    scores: dict[str, dict[str, list[float]]] = {name: {"iou": [], "bf": [], "seconds": []} for name in names}
+    names = [*VARIANTS, *(f"{name} + refine" for name in REFINED)]
+    scores = {name: {"seconds": [], **{key: {"iou": [], "bf": []} for key in thresholds}} for name in names}
     megapixels = 0.0
     for _ in range(scenes):
-        scene = render_scene(rng, size=(size, size), n_shapes=(1, 3))
+        scene = render_scene(rng, size=(size, size), n_shapes=(1, 3), radius=radius)
         phrases = sorted({shape.phrase for shape in scene.shapes})
         truths = [np.any([s.mask for s in scene.shapes if s.phrase == phrase], axis=0) for phrase in phrases]
         pixels = np.asarray(scene.image)
@@ -83,30 +97,39 @@ def evaluate(model_dir: Path, scenes: int, size: int, seed: int) -> dict:
             start = time.perf_counter()
             predictor.set_image(scene.image)
             prediction = predictor.predict(phrases, tiles=options)
-            probabilities = prediction.probabilities
-            scores[name]["seconds"].append(time.perf_counter() - start)
-            _score(scores[name], probabilities.numpy(), truths)
-            if name == "tiles 2":
-                start = time.perf_counter()
-                refined = prediction.refined(pixels).probabilities
-                scores["tiles 2 + refine"]["seconds"].append(scores[name]["seconds"][-1] + time.perf_counter() - start)
-                _score(scores["tiles 2 + refine"], refined.numpy(), truths)
-    summary = {}
+            seconds = time.perf_counter() - start
+            scores[name]["seconds"].append(seconds)
+            _score(scores[name], thresholds, prediction.probabilities.numpy(), truths)
+            if name in REFINED:
+                # Refined around each threshold it is scored at, as `clipseg segment --refine` does.
+                bucket = scores[f"{name} + refine"]
+                for key, threshold in thresholds.items():
+                    start = time.perf_counter()
+                    refined = prediction.refined(pixels, threshold=threshold).probabilities
+                    if key == "0.5":
+                        bucket["seconds"].append(seconds + time.perf_counter() - start)
+                    _score(bucket, {key: threshold}, refined.numpy(), truths)
+    summary: dict = {"thresholds": thresholds, "masks": None, "variants": {}}
     for name in names:
-        summary[name] = {
-            "iou": float(np.mean(scores[name]["iou"])),
-            "boundary_f": float(np.mean(scores[name]["bf"])),
-            "seconds_per_mpx": float(np.sum(scores[name]["seconds"]) / megapixels),
-        }
-        print(f"  {name:<28} IoU {summary[name]['iou']:.3f}  boundary F {summary[name]['boundary_f']:.3f}  "
-              f"{summary[name]['seconds_per_mpx']:.2f} s/Mpx", flush=True)
+        row = {"seconds_per_mpx": float(np.sum(scores[name]["seconds"]) / megapixels)}
+        for key in thresholds:
+            row[f"iou@{key}"] = float(np.mean(scores[name][key]["iou"]))
+            row[f"boundary_f@{key}"] = float(np.mean(scores[name][key]["bf"]))
+        summary["variants"][name] = row
+        summary["masks"] = len(scores[name]["0.5"]["iou"])
+    header = "  ".join(f"IoU@{key:<10} BF@{key:<10}" for key in thresholds)
+    print(f"  {'variant':<30} {header} s/Mpx  ({summary['masks']} masks)")
+    for name, row in summary["variants"].items():
+        cells = "  ".join(f"{row[f'iou@{key}']:<14.3f} {row[f'boundary_f@{key}']:<13.3f}" for key in thresholds)
+        print(f"  {name:<30} {cells} {row['seconds_per_mpx']:.2f}", flush=True)
     return summary
 
 
-def _score(bucket: dict[str, list[float]], probabilities: np.ndarray, truths: list[np.ndarray]) -> None:
-    for probability, truth in zip(probabilities, truths, strict=True):
-        bucket["iou"].append(iou(probability >= 0.5, truth))
-        bucket["bf"].append(boundary_f(probability >= 0.5, truth))
+def _score(bucket: dict, thresholds: dict[str, float], probabilities: np.ndarray, truths: list[np.ndarray]) -> None:
+    for key, threshold in thresholds.items():
+        for probability, truth in zip(probabilities, truths, strict=True):
+            bucket[key]["iou"].append(iou(probability >= threshold, truth))
+            bucket[key]["bf"].append(boundary_f(probability >= threshold, truth))
 
 
 def main() -> None:
@@ -121,8 +144,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}; torch threads {torch.get_num_threads()}")
     model_dir = train(args.work, args.iterations, args.images)
-    print(f"{args.scenes} scenes of {args.size}x{args.size}, each shape's phrase as prompt, threshold 0.5:")
-    summary = evaluate(model_dir, args.scenes, args.size, args.seed)
+    summary = {"cpu": cpu_name(), "iterations": args.iterations, "scenes": args.scenes, "size": args.size,
+               "seed": args.seed, "kinds": {}}
+    for kind, radius in SCENE_KINDS.items():
+        print(f"{args.scenes} scenes of {args.size}x{args.size} (seed {args.seed}), {kind}, each shape's phrase as "
+              "prompt:")
+        summary["kinds"][kind] = evaluate(model_dir, args.scenes, args.size, args.seed, radius)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -66,6 +66,20 @@ def test_tiles_and_refine_reach_every_output_format(tmp_path, big_photo, model_d
     assert record["annotations"][0]["segmentation"]["size"] == [SIZE[1], SIZE[0]]
 
 
+def test_refinement_keeps_the_mask_decision_at_the_runs_threshold(tmp_path, big_photo, model_dir, predictor):
+    predictor.set_image(big_photo)
+    plain = predictor.predict("a cup")
+    # A threshold through the middle of this model's map, far from refine's own default pivot (0.5).
+    threshold = round(float(plain.probability(0).median()), 2)
+    out = tmp_path / "out"
+    result = run("segment", big_photo, "-p", "a cup", "-o", out, "--model", model_dir, "--device", "cpu",
+                 "--refine", "guided", "--threshold", str(threshold))
+    assert result.exit_code == 0, result.output
+    expected = plain.refined(big_photo, threshold=threshold).mask(0, threshold).numpy()
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "coffee__a_cup.png")) > 0, expected)
+
+
 def test_tile_scales_alone_turn_tiling_on(tmp_path, big_photo, model_dir, predictor):
     out = tmp_path / "out"
     result = run("segment", big_photo, "-p", "a cup", "-o", out, "--model", model_dir, "--device", "cpu",

@@ -53,6 +53,17 @@ def test_render_scene_rejects_bad_arguments():
         render_scene(np.random.default_rng(0), colours=("mauve",))
 
 
+def test_render_scene_radius_bounds_the_shapes():
+    # A shape's vertices lie on its circumscribed circle, so its mask fits in a square of side 2 * radius (+1 px
+    # for whole-pixel rounding); 0.0625 of 400 px is a 25 px radius.
+    scene = render_scene(np.random.default_rng(3), size=(400, 400), n_shapes=(3, 3), radius=(0.03, 0.0625))
+    for shape in scene.shapes:
+        rows, cols = np.nonzero(shape.mask)
+        assert np.ptp(rows) + 1 <= 51 and np.ptp(cols) + 1 <= 51
+    with pytest.raises(ValueError, match="radius"):
+        render_scene(np.random.default_rng(0), radius=(0.3, 0.2))
+
+
 def test_write_phrasecut_follows_the_official_layout(tmp_path):
     root = write_phrasecut(tmp_path, 10, seed=0, size=(48, 64), split_fractions=(0.6, 0.2, 0.2))
     assert root == tmp_path / "VGPhraseCut_v0"

@@ -180,9 +180,12 @@ def test_a_refined_prediction_refines_every_map_and_what_derives_from_them() -> 
     predictor = Predictor(tiny_model())
     predictor.set_image(image)
     plain = predictor.predict(["a cup", "a spoon"], negative="a table")
-    refined = plain.refined(image, radius=0.03)
+    # The tiny random model's probabilities lie around 0.08-0.27 (median 0.24): 0.24 cuts through them.
+    refined = plain.refined(image, threshold=0.24, radius=0.03)
     for index in range(2):
-        expected = refine(plain.probability(index), image, radius=0.03)  # negatives applied before refining
+        # negatives applied before refining; the contrast step pivots on the threshold the masks are cut at
+        expected = refine(plain.probability(index), image, radius=0.03, center=0.24)
+        assert 0 < int((expected >= 0.24).sum()) < expected.numel()
         torch.testing.assert_close(refined.probability(index), expected)
         torch.testing.assert_close(refined.probabilities[index], expected)
     assert torch.equal(refined.masks(0.5), refined.probabilities >= 0.5)
@@ -196,3 +199,35 @@ def test_a_refined_prediction_refines_every_map_and_what_derives_from_them() -> 
         plain.refined(image, radiu=3)
     with pytest.raises(ValueError, match="600x400 image"):
         plain.refined(image[:200])
+
+
+def test_the_contrast_step_pivots_on_center() -> None:
+    # A constant map stays constant under the guided filter, so only the contrast step acts, by hand:
+    # 0.45 with sharpness 4 about 0.4 -> 0.6 -> 1.2 (clipped to 1) -> 1; about 0.5 -> 0.3 -> -0.3 (0) -> 0.
+    image = np.full((40, 50, 3), 128, np.uint8)
+    flat = np.full((40, 50), 0.45, np.float32)
+    np.testing.assert_allclose(refine(flat, image, center=0.4), 1.0, atol=1e-5)
+    np.testing.assert_allclose(refine(flat, image), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="option center must lie in"):
+        refine(flat, image, center=1.5)
+
+
+def test_each_prompt_is_refined_around_its_own_threshold_and_pickles() -> None:
+    import pickle
+
+    from clipseg.predictor import Prediction
+    from clipseg.thresholds import Thresholds
+
+    # logit(0.45) everywhere for both prompts: a mask at 0.4 keeps every pixel, a mask at 0.5 none, and
+    # refinement must not flip that decision.
+    logit = float(np.log(0.45 / 0.55))
+    plain = Prediction(("a cup", "a spoon"), torch.full((2, 22, 22), logit), torch.zeros(0, 22, 22), (40, 50))
+    image = np.full((40, 50, 3), 90, np.uint8)
+    thresholds = Thresholds(overall=0.5, prompts={"a cup": 0.4})
+    refined = plain.refined(image, threshold=thresholds)
+    assert bool(refined.masks(thresholds)[0].all()) and not bool(refined.masks(thresholds)[1].any())
+    torch.testing.assert_close(refined.probabilities, torch.stack([torch.ones(40, 50), torch.zeros(40, 50)]))
+    # An explicit center wins over the thresholds.
+    assert float(plain.refined(image, threshold=thresholds, center=0.5).probabilities.max()) < 1e-5
+    # A refined prediction crosses process boundaries (the Ray engine ships them between workers).
+    torch.testing.assert_close(pickle.loads(pickle.dumps(refined)).probabilities, refined.probabilities)

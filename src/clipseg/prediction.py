@@ -39,7 +39,7 @@ class Prediction:
     negative_logits: torch.Tensor
     image_size: tuple[int, int]
     _negative_factor: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _refiner: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _refiner: Callable[[int, torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)
     _refined: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -52,7 +52,7 @@ class Prediction:
         if self._refiner is not None:
             if index not in self._refined:
                 plain = self._with_negatives(self._full_size_probabilities(self.logits[index : index + 1]))[0]
-                self._refined[index] = self._refiner(plain)
+                self._refined[index] = self._refiner(index, plain)
             return self._refined[index]
         return self._with_negatives(self._full_size_probabilities(self.logits[index : index + 1]))[0]
 
@@ -63,12 +63,22 @@ class Prediction:
             return torch.stack([self.probability(index) for index in range(len(self.names))])
         return self._with_negatives(self._full_size_probabilities(self.logits))
 
-    def refined(self, image: ImageInput, method: str = "guided", **options: Any) -> Prediction:
+    def refined(
+        self,
+        image: ImageInput,
+        method: str = "guided",
+        threshold: ThresholdLike = DEFAULT_THRESHOLD,
+        **options: Any,
+    ) -> Prediction:
         """This prediction with every probability map refined by `clipseg.refine.refine` (negatives applied
         first), `image` being the photo it was made from; masks, unions and label maps follow the refined maps.
-        Maps are refined on first use. Raises ValueError for an unknown method or option, or a photo of another
-        size."""
-        from .refine import check_refine_options, refine
+
+        `threshold` is the one the refined masks will be cut at (a number, a `Thresholds` or a mapping, as in
+        `masks`): each map's contrast step pivots on its prompt's threshold (refine's ``center``), so refinement
+        moves edges without turning a pixel above the threshold into background. An explicit ``center`` option
+        overrides it. Maps are refined on first use. Raises ValueError for an unknown method or option, or a photo
+        of another size."""
+        from .refine import check_refine_options
 
         check_refine_options(method, options)
         pixels = np.asarray(load_image(image))
@@ -77,8 +87,9 @@ class Prediction:
                 f"image is {pixels.shape[1]}x{pixels.shape[0]} but the prediction is for a "
                 f"{self.image_size[1]}x{self.image_size[0]} image"
             )
+        centers = (options["center"],) * len(self.names) if "center" in options else per_prompt(threshold, self.names)
         result = Prediction(self.names, self.logits, self.negative_logits, self.image_size)
-        result._refiner = lambda probability: refine(probability, pixels, method, **options)
+        result._refiner = _Refiner(pixels, method, {k: v for k, v in options.items() if k != "center"}, tuple(centers))
         return result
 
     def masks(self, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
@@ -155,3 +166,18 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
                 maps, size=(step_height, step_width), mode="bilinear", align_corners=False, antialias=shrinking
             )
     return maps[:, 0]
+
+
+@dataclass(frozen=True)
+class _Refiner:
+    """Refines prompt `index`'s map around its own threshold (a class, not a closure, so predictions pickle)."""
+
+    pixels: np.ndarray
+    method: str
+    options: dict[str, Any]
+    centers: tuple[float, ...]
+
+    def __call__(self, index: int, probability: torch.Tensor) -> torch.Tensor:
+        from .refine import refine
+
+        return refine(probability, self.pixels, self.method, center=self.centers[index], **self.options)

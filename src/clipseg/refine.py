@@ -7,7 +7,8 @@ soft alpha matte (hair, fur, motion blur) for cut-outs.
 - ``method="guided"``: OpenCV's guided filter (He et al., `cv2.ximgproc.guidedFilter`, from
   opencv-contrib-python-headless), applied `iterations` times with a radius that shrinks each time (coarse to
   fine: the first pass moves an edge up to about half a token, the later ones place it to the pixel), each pass
-  followed by a contrast step around 0.5 that undoes the filter's blur. The radius defaults to a fraction of the
+  followed by a contrast step around `center` (the threshold the map will be cut at, default 0.5) that undoes
+  the filter's blur without moving the mask's decision. The radius defaults to a fraction of the
   image side, so the same defaults suit any resolution.
 - `alpha_matte`: a trimap from the probabilities (sure foreground >= `foreground`, sure background <= `background`,
   each shrunk by `erode` pixels; the rest unknown), solved with pymatting's closed-form matting. Matting costs
@@ -41,6 +42,7 @@ DEFAULT_EPS = 1e-2  # guided-filter regularisation for colours in [0, 1]: small 
 DEFAULT_ITERATIONS = 3
 DEFAULT_SHRINK = 0.5  # radius factor from one pass to the next
 DEFAULT_SHARPNESS = 4.0  # slope of the contrast step after each pass
+DEFAULT_CENTER = 0.5  # the contrast step's pivot; Prediction.refined passes each prompt's threshold
 DEFAULT_FOREGROUND = 0.9
 DEFAULT_BACKGROUND = 0.1
 DEFAULT_ERODE = 0.005  # of the longer image side
@@ -62,7 +64,8 @@ def refine(probabilities: Any, image: ImageInput, method: str = "guided", **opti
         method: "guided" (the only one; see the module docstring).
         **options: for "guided": ``radius`` (pixels if >= 1, else a fraction of the longer side; default 0.02),
             ``eps`` (default 1e-2), ``iterations`` (default 3), ``shrink`` (radius factor between passes,
-            default 0.5), ``sharpness`` (slope of the contrast step, default 4; 0 disables it).
+            default 0.5), ``sharpness`` (slope of the contrast step, default 4; 0 disables it), ``center`` (the
+            probability the contrast step pivots on: the threshold the refined map will be cut at, default 0.5).
 
     Returns:
         The refined probabilities, same kind (numpy/torch), shape, dtype and device as `probabilities`.
@@ -77,7 +80,14 @@ def refine(probabilities: Any, image: ImageInput, method: str = "guided", **opti
     guide = _guide(image, values.shape)
     radius = _pixels("radius", settings["radius"], values.shape)
     refined = guided(
-        values, guide, radius, settings["eps"], settings["iterations"], settings["shrink"], settings["sharpness"]
+        values,
+        guide,
+        radius,
+        settings["eps"],
+        settings["iterations"],
+        settings["shrink"],
+        settings["sharpness"],
+        settings["center"],
     )
     return restore(refined)
 
@@ -94,12 +104,14 @@ def check_refine_options(method: str, options: dict[str, Any]) -> dict[str, Any]
             "iterations": DEFAULT_ITERATIONS,
             "shrink": DEFAULT_SHRINK,
             "sharpness": DEFAULT_SHARPNESS,
+            "center": DEFAULT_CENTER,
         },
         f"refine method {method!r}",
     )
     _positive("eps", settings["eps"])
     _in_range("shrink", settings["shrink"], 0.0, 1.0)
     _in_range("sharpness", settings["sharpness"], 0.0, math.inf, low_inclusive=True)
+    _in_range("center", settings["center"], 0.0, 1.0, low_inclusive=True)
     iterations = settings["iterations"]
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
         raise ValueError(f"refine option iterations must be a whole number >= 1, got {iterations!r}")
@@ -116,6 +128,7 @@ def guided(
     iterations: int = 1,
     shrink: float = DEFAULT_SHRINK,
     sharpness: float = 0.0,
+    center: float = DEFAULT_CENTER,
 ) -> np.ndarray:
     """Coarse-to-fine guided filtering of float32 `probabilities` (H, W) with a float32 guide (H, W, 3) in [0, 1]."""
     cv2 = _cv2()
@@ -124,7 +137,7 @@ def guided(
         pass_radius = max(1, round(radius * shrink**step))
         result = cv2.ximgproc.guidedFilter(guide, result, pass_radius, eps, -1)
         if sharpness > 0:
-            result = 0.5 + sharpness * (result - 0.5)
+            result = center + sharpness * (result - center)
         result = np.clip(result, 0.0, 1.0)
     return result.astype(np.float32, copy=False)
 

@@ -90,6 +90,7 @@ def labels(
         # Settled before the run (with --engine ray the model loads in the workers): the one given, else the model
         # directory's calibrated thresholds.json.
         chosen = resolve_threshold(given, background_threshold, model_thresholds(settings.model), texts, console)
+        run_settings = replace(run_settings, resolution=replace(run_settings.resolution, refine_threshold=chosen))
         legend = {
             "background_threshold": chosen if isinstance(chosen, float) else {t: chosen.for_prompt(t) for t in texts},
             "labels": [

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .common import EXIT_USAGE, CLIError, one_line
+from .thresholds import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
+    from ..thresholds import Thresholds
     from ..tiling import TileOptions
 
 PANEL = "Resolution"
@@ -91,6 +93,8 @@ class Resolution:
     tiles: TileOptions | None = None
     refine: str | None = None
     matting: dict[str, Any] | None = None
+    # The threshold the refined maps are cut at (refinement pivots on it); set once the run's threshold is known.
+    refine_threshold: float | Thresholds = DEFAULT_THRESHOLD
 
 
 def resolution_settings(

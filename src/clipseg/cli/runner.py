@@ -246,13 +246,13 @@ def make_predict(
         "ensemble": settings.ensemble,
         "tiles": settings.resolution.tiles,
     }
-    method = settings.resolution.refine
+    method, threshold = settings.resolution.refine, settings.resolution.refine_threshold
 
     def predict(images: list[Image.Image]) -> list[Prediction]:
         predictions = predictor.predict_batch(images, prompts, negative=negatives, **options)
         if method is None:
             return predictions
-        return [prediction.refined(image, method) for prediction, image in zip(predictions, images, strict=True)]
+        return [prediction.refined(image, method, threshold) for prediction, image in zip(predictions, images, strict=True)]
 
     return predict
 

@@ -164,6 +164,7 @@ def segment(
         # Settled before the run (with --engine ray the model loads in the workers): the one given, else the model
         # directory's calibrated thresholds.json.
         chosen = resolve_threshold(given, threshold, model_thresholds(model), names, console)
+        run_settings = replace(run_settings, resolution=replace(run_settings.resolution, refine_threshold=chosen))
 
         def plan(console: Console) -> tuple[list[Job], list[Failure]]:
             jobs, failures = plan_jobs(inputs or [], output, console, listed=listed)

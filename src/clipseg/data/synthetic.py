@@ -117,8 +117,10 @@ def render_scene(
     n_shapes: tuple[int, int] = (1, 3),
     kinds: tuple[str, ...] = SHAPE_KINDS,
     colours: tuple[str, ...] = tuple(COLOURS),
+    radius: tuple[float, float] = (0.12, 0.25),
 ) -> Scene:
-    """Render a textured background with between ``n_shapes[0]`` and ``n_shapes[1]`` (inclusive) shapes.
+    """Render a textured background with between ``n_shapes[0]`` and ``n_shapes[1]`` (inclusive) shapes, each of
+    a radius drawn uniformly from `radius` (fractions of the shorter side).
 
     Shapes never overlap (placement is retried, and a shape that does not fit is left out, so at least one shape
     is always present). The result depends only on the state of `rng`.
@@ -132,6 +134,8 @@ def render_scene(
     unknown = [c for c in colours if c not in COLOURS]
     if unknown:
         raise ValueError(f"unknown colours {unknown}; expected names from {list(COLOURS)}")
+    if not 0 < radius[0] <= radius[1] <= 0.5:
+        raise ValueError(f"radius must be (low, high) fractions of the shorter side with 0 < low <= high <= 0.5, got {radius}")
 
     pixels = _textured_background(rng, height, width)
     occupied = np.zeros((height, width), dtype=bool)
@@ -141,13 +145,13 @@ def render_scene(
         kind = str(rng.choice(kinds))
         colour = str(rng.choice(colours))
         for _ in range(_PLACEMENT_TRIES):
-            radius = float(rng.uniform(0.12, 0.25) * short_side)
-            cx = float(rng.uniform(radius, width - radius))
-            cy = float(rng.uniform(radius, height - radius))
+            shape_radius = float(rng.uniform(*radius) * short_side)
+            cx = float(rng.uniform(shape_radius, width - shape_radius))
+            cy = float(rng.uniform(shape_radius, height - shape_radius))
             angle = float(rng.uniform(-math.pi / 9, math.pi / 9))
             # Whole-pixel vertices: PIL and truncating rasterisers agree; pixel-centre ones (PhraseCut as released)
             # differ only on the outline.
-            vertices = np.round(_shape_outline(kind, cx, cy, radius, angle))
+            vertices = np.round(_shape_outline(kind, cx, cy, shape_radius, angle))
             polygon = [float(v) for v in vertices.reshape(-1)]
             mask = rasterize_polygons([polygon], size)
             if mask.any() and not (mask & occupied).any():
