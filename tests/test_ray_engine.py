@@ -181,3 +181,19 @@ def test_manifest_in_with_file_uris_on_ray(tmp_path, ray_address, collection, mo
     assert output_files(out) == expected
     images = pq.read_table(tmp_path / "m.parquet").column("image").to_pylist()
     assert images == [path.as_uri() for path in good for _ in range(2)]  # the sources as given
+
+
+def test_ray_matches_local_with_tiles_refinement_and_alpha_matting(tmp_path, ray_address, model_dir):
+    """Issue 15's options (tiled inference, guided refinement, matted cut-outs) built in the actors give the local
+    engine's bytes."""
+    images = tmp_path / "images"
+    make_collection(images, 4, bad=False)
+    options = [*PROMPTS, "-f", "mask", "-f", "soft", "-f", "cutout", "--tiles", "--refine", "guided",
+               "--alpha-matting", "--model", model_dir, "--batch-size", "2"]
+    local = segment(images, *options, "-o", tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    on_ray = segment(images, *options, "-o", tmp_path / "ray", "--engine", "ray")
+    assert on_ray.exit_code == 0, on_ray.output
+    expected = output_files(tmp_path / "local")
+    assert len(expected) == 4 * 2 * 3
+    assert output_files(tmp_path / "ray") == expected
