@@ -76,7 +76,7 @@ def segment_dataset(
             pa_csv.write_csv(pa.table({"path": uris}), listing)
         try:
             segment(
-                output=Path(output),
+                output=str(output),
                 inputs=files,
                 prompt=list(prompts),
                 output_format=[OutputFormat(fmt) for fmt in formats],

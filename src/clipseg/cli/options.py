@@ -94,6 +94,16 @@ BatchOption = Annotated[
 OutputOption = Annotated[
     Path, typer.Option("--output", "-o", help="Output folder (created if missing).", show_default=False)
 ]
+# `clipseg segment`: the folder may be on any pyarrow file system (clipseg.batch.store).
+OutputTargetOption = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output folder (created if missing): a path or a pyarrow file-system URI, e.g. s3://bucket/masks.",
+        show_default=False,
+    ),
+]
 InputsArgument = Annotated[
     list[Path],
     typer.Argument(
