@@ -23,10 +23,12 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import urlsplit, urlunsplit
 
 from .sources import is_uri
 
@@ -69,12 +71,20 @@ class OutputStore:
         try:
             filesystem, path = fs.FileSystem.from_uri(text)
         except (ValueError, OSError, TypeError) as error:
-            raise OutputStoreError(f"{name}: not an output folder pyarrow can open ({_one_line(error)})") from None
+            raise OutputStoreError(f"{name}: not a location pyarrow can open ({_one_line(error)})") from None
         if isinstance(filesystem, fs.LocalFileSystem):
             return cls(name, Path(path))
         if not path.strip("/") or ".." in PurePosixPath(path).parts:
             raise OutputStoreError(f"{name}: name a folder, e.g. s3://bucket/masks")
         return cls(name, Path(PurePosixPath(path)), filesystem)
+
+    @classmethod
+    def open_file(cls, target: str | os.PathLike) -> tuple[OutputStore, Path]:
+        """(the store of the folder holding the file `target` names, the file's path in it)."""
+        store = cls.open(target)
+        if not store.root.name:
+            raise OutputStoreError(f"{store.name}: name a file, e.g. s3://bucket/manifest.parquet")
+        return replace(store, root=store.root.parent), store.root
 
     @property
     def local(self) -> Path | None:
@@ -99,10 +109,7 @@ class OutputStore:
 
         probe = self.root / PROBE_NAME
         try:
-            if self.filesystem is None:
-                self.root.mkdir(parents=True, exist_ok=True)
-            else:
-                self.filesystem.create_dir(_key(self.root), recursive=True)
+            self.make_folder()
             self.write(probe, b"")
             self.delete(probe)
         except OSError as error:
@@ -110,6 +117,13 @@ class OutputStore:
             raise OutputStoreError(f"cannot write to output folder {self.name}: {reason}") from None
         if self.filesystem is None:
             remove_stale_temporaries(self.root)
+
+    def make_folder(self) -> None:
+        """Create the folder (and its parents) if missing. Raises OSError."""
+        if self.filesystem is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.filesystem.create_dir(_key(self.root), recursive=True)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -146,7 +160,8 @@ class OutputStore:
             return path.exists()
         from pyarrow import fs
 
-        return self.filesystem.get_file_info(_key(self._inside(path))).type != fs.FileType.NotFound
+        self._inside(path)
+        return self.filesystem.get_file_info(_key(path)).type != fs.FileType.NotFound
 
     def state(self, path: Path) -> tuple[int, int] | None:
         """Something that changes when `path` is written again (local: inode and mtime; remote: size and mtime),
@@ -205,6 +220,29 @@ class OutputStore:
         elif self.exists(path):
             self.filesystem.delete_file(_key(path))
 
+    def delete_folder(self, folder: Path) -> None:
+        """Delete the folder `folder` (below the store's) and everything in it (missing is fine)."""
+        self._inside(folder)
+        if self.filesystem is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif self.exists(folder):
+            self.filesystem.delete_dir(_key(folder))
+
+    def files(self, folder: Path) -> list[Path]:
+        """The files directly in `folder`, sorted by name (none if it is missing)."""
+        if self.filesystem is None:
+            return sorted(path for path in folder.glob("*") if path.is_file()) if folder.is_dir() else []
+        from pyarrow import fs
+
+        listing = self.filesystem.get_file_info(fs.FileSelector(_key(folder), allow_not_found=True))
+        return sorted(folder / info.base_name for info in listing if info.type == fs.FileType.File)
+
+    def open_input(self, path: Path) -> BinaryIO:
+        """The file at `path`, open for reading (random access: pyarrow reads Parquet footers first)."""
+        if self.filesystem is None:
+            return open(path, "rb")  # noqa: SIM115 (the caller closes it)
+        return self.filesystem.open_input_file(_key(path))
+
     def _inside(self, path: Path) -> PurePosixPath:
         """`path` relative to the folder; ValueError if it is not below it (a name that escaped sanitising)."""
         try:
@@ -214,6 +252,14 @@ class OutputStore:
         if relative is None or not relative.parts or ".." in relative.parts:
             raise ValueError(f"{path}: not a file inside the output folder {self.name}")
         return relative
+
+
+def joined(target: str, name: str) -> str:
+    """`target` (a path, or a URI whose query is kept) with `name` appended to its path."""
+    if not is_uri(target):
+        return str(Path(target) / name)
+    parts = urlsplit(target)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
 
 def _key(path: Path) -> str:

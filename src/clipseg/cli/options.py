@@ -293,10 +293,11 @@ ManifestInOption = Annotated[
     ),
 ]
 ManifestOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--manifest",
-        help="Also write a Parquet table: one row per image and prompt (mask file, COCO RLE, area, ...).",
+        help="Also write a Parquet table: one row per image and prompt (mask file, COCO RLE, area, ...); a path or "
+        "a pyarrow file-system URI.",
         show_default=False,
         rich_help_panel="Collections",
     ),

@@ -402,7 +402,7 @@ def _listed_sources(manifest_in: str | None) -> list[str]:
 
 
 def _manifest_writer(
-    path: Path | None, prompts: list[str], model: str, threshold: float, overwrite: bool
+    path: str | None, prompts: list[str], model: str, threshold: float, overwrite: bool
 ) -> ManifestWriter | None:
     if path is None:
         return None
@@ -410,7 +410,11 @@ def _manifest_writer(
         from ..batch.manifest import ManifestWriter
     except ImportError:
         raise CLIError("--manifest needs pyarrow: pip install 'clipseg[ray]'") from None
+    from ..batch.store import OutputStoreError
+
     try:
         return ManifestWriter(path, prompts, model=model, threshold=threshold, resume=not overwrite)
+    except OutputStoreError as error:  # names the value already
+        raise CLIError(f"--manifest {error}") from None
     except (ValueError, OSError) as error:
         raise CLIError(f"--manifest {path}: {one_line(error)}") from None
