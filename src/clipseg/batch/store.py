@@ -63,7 +63,7 @@ class OutputStore:
         text = os.fspath(target)
         if not is_uri(text):
             return cls(str(Path(text)), Path(text))
-        name = _without_credentials(text)
+        name = without_credentials(text)
         try:
             from pyarrow import fs
         except ImportError:
@@ -105,8 +105,6 @@ class OutputStore:
     def prepare(self) -> None:
         """Create the folder, prove it is writable (a probe file written and deleted) and, locally, clear the
         temporaries of killed runs. Raises OutputStoreError naming the folder."""
-        from ..fileio import remove_stale_temporaries
-
         probe = self.root / PROBE_NAME
         try:
             self.make_folder()
@@ -115,8 +113,7 @@ class OutputStore:
         except OSError as error:
             reason = error.strerror or _one_line(error)
             raise OutputStoreError(f"cannot write to output folder {self.name}: {reason}") from None
-        if self.filesystem is None:
-            remove_stale_temporaries(self.root)
+        self.remove_stale_temporaries()
 
     def make_folder(self) -> None:
         """Create the folder (and its parents) if missing. Raises OSError."""
@@ -267,7 +264,7 @@ def _key(path: Path) -> str:
     return path.as_posix().strip("/")
 
 
-def _without_credentials(uri: str) -> str:
+def without_credentials(uri: str) -> str:
     """`uri` without "user:secret@" credentials (never printed)."""
     return _CREDENTIALS.sub(r"\1", uri)
 

@@ -410,11 +410,11 @@ def _manifest_writer(
         from ..batch.manifest import ManifestWriter
     except ImportError:
         raise CLIError("--manifest needs pyarrow: pip install 'clipseg[ray]'") from None
-    from ..batch.store import OutputStoreError
+    from ..batch.store import OutputStoreError, without_credentials
 
     try:
         return ManifestWriter(path, prompts, model=model, threshold=threshold, resume=not overwrite)
     except OutputStoreError as error:  # names the value already
         raise CLIError(f"--manifest {error}") from None
     except (ValueError, OSError) as error:
-        raise CLIError(f"--manifest {path}: {one_line(error)}") from None
+        raise CLIError(f"--manifest {without_credentials(path)}: {one_line(error)}") from None
