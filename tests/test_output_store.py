@@ -120,6 +120,12 @@ def test_manifest_uri_problems_and_watch_onto_a_uri_are_one_line(tmp_path, colle
     bad = segment(collection, *PROMPTS, "-o", tmp_path / "out", "--model", model_dir, "--manifest", "nosuch://b/m.pq")
     assert bad.exit_code == 1 and bad.stderr.count("\n") == 1
     assert bad.stderr.startswith("error: --manifest nosuch://b/m.pq: not a location pyarrow can open (")
+    closed = f"endpoint_override=127.0.0.1:{free_port()}&scheme=http&region=us-east-1"
+    unreachable = segment(collection, *PROMPTS, "-o", tmp_path / "out", "--model", model_dir,
+                          "--manifest", f"s3://key:SECRET@bucket/m.parquet?{closed}")
+    assert unreachable.exit_code == 1 and unreachable.stderr.count("\n") == 1, unreachable.output
+    assert unreachable.stderr.startswith(f"error: --manifest s3://bucket/m.parquet?{closed}: ")
+    assert "SECRET" not in unreachable.output and "Traceback" not in unreachable.output
     watch = segment(collection, *PROMPTS, "-o", "s3://bucket/masks?region=us-east-1", "--watch", "--model", model_dir)
     assert watch.exit_code == 2
     assert watch.stderr == "error: --watch writes to a local folder, not to s3://bucket/masks?region=us-east-1\n"
