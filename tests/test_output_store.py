@@ -95,6 +95,16 @@ def test_s3_output_gets_the_local_folders_bytes_and_resumes(s3_endpoint, collect
     assert [name for name in expected if after[name] != before[name]] == [sorted(expected)[0]]  # only it rewritten
 
 
+def test_segment_dataset_onto_s3_keeps_its_manifest_there(s3_endpoint, collection, model_dir):
+    import clipseg.batch
+
+    image = collection / "img01.png"
+    table = clipseg.batch.segment_dataset([image], ["a cup"], s3_uri(s3_endpoint, "api/masks"), engine="local",
+                                          model=str(model_dir))
+    assert table.column("mask").to_pylist() == ["img01__a_cup.png"]
+    assert sorted(s3_files(s3_endpoint, "api/masks")) == ["img01__a_cup.png", "manifest.parquet"]
+
+
 @pytest.mark.parametrize(
     ("target", "status", "expected"),
     [
