@@ -102,6 +102,7 @@ OutputTargetOption = Annotated[
         "-o",
         help="Output folder (created if missing): a path or a pyarrow file-system URI, e.g. s3://bucket/masks.",
         show_default=False,
+        metavar="FOLDER_OR_URI",
     ),
 ]
 InputsArgument = Annotated[
@@ -299,6 +300,7 @@ ManifestOption = Annotated[
         help="Also write a Parquet table: one row per image and prompt (mask file, COCO RLE, area, ...); a path or "
         "a pyarrow file-system URI.",
         show_default=False,
+        metavar="FILE_OR_URI",
         rich_help_panel="Collections",
     ),
 ]
