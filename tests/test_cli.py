@@ -294,21 +294,21 @@ def test_resume_after_a_crash_finishes_with_the_same_files(tmp_path, photos, mod
     reference = tmp_path / "reference"
     args = [photos, "-p", "a cup", "-p", "a cat", "-f", "mask", "-f", "cutout", "--model", model_dir]
     assert segment(*args, "-o", reference).exit_code == 0
-    from clipseg import outputs
+    from clipseg.batch.store import OutputStore
     from clipseg.fileio import atomic_write
 
-    real_save = outputs.save_image
+    real_write = OutputStore.write
     calls = []
 
-    def crash_midway(image, path):
+    def crash_midway(store, path, data):
         calls.append(path)
-        if len(calls) == 5:  # dies while writing the fifth file
+        if len(calls) == 5:  # dies while writing the fifth file (the first is the folder's write probe)
             with atomic_write(path) as file:
-                file.write(b"half a png")
+                file.write(data[: len(data) // 2])
                 raise KeyboardInterrupt
-        return real_save(image, path)
+        return real_write(store, path, data)
 
-    monkeypatch.setattr(outputs, "save_image", crash_midway)
+    monkeypatch.setattr(OutputStore, "write", crash_midway)
     out = tmp_path / "out"
     crashed = segment(*args, "-o", out)
     assert crashed.exit_code == 130 and "run the same command again" in crashed.stderr
@@ -317,7 +317,7 @@ def test_resume_after_a_crash_finishes_with_the_same_files(tmp_path, photos, mod
     assert all(
         reference_bytes == files(reference)[name] for name, reference_bytes in partial.items()
     )  # no partial file
-    monkeypatch.setattr(outputs, "save_image", real_save)
+    monkeypatch.setattr(OutputStore, "write", real_write)
     resumed = segment(*args, "-o", out)
     assert resumed.exit_code == 0
     assert files(out) == files(reference)

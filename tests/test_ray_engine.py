@@ -23,6 +23,7 @@ from batch_fixtures import (  # noqa: F401 (fixtures: model_dir, pixel_limit_res
     pixel_limit_restored,
 )
 from PIL import Image
+from s3_fixtures import s3_endpoint, s3_files, s3_uri  # noqa: F401 (fixture: s3_endpoint)
 from typer.testing import CliRunner
 
 from clipseg import cli
@@ -181,3 +182,102 @@ def test_manifest_in_with_file_uris_on_ray(tmp_path, ray_address, collection, mo
     assert output_files(out) == expected
     images = pq.read_table(tmp_path / "m.parquet").column("image").to_pylist()
     assert images == [path.as_uri() for path in good for _ in range(2)]  # the sources as given
+
+
+def test_ray_matches_local_with_tiles_refinement_and_alpha_matting(tmp_path, ray_address, model_dir):
+    """Issue 15's options (tiled inference, guided refinement, matted cut-outs) built in the actors give the local
+    engine's bytes."""
+    images = tmp_path / "images"
+    make_collection(images, 4, bad=False)
+    options = [*PROMPTS, "-f", "mask", "-f", "soft", "-f", "cutout", "--tiles", "--refine", "guided",
+               "--alpha-matting", "--model", model_dir, "--batch-size", "2"]
+    local = segment(images, *options, "-o", tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    on_ray = segment(images, *options, "-o", tmp_path / "ray", "--engine", "ray")
+    assert on_ray.exit_code == 0, on_ray.output
+    expected = output_files(tmp_path / "local")
+    assert len(expected) == 4 * 2 * 3
+    assert output_files(tmp_path / "ray") == expected
+
+
+def test_ray_writes_the_local_bytes_to_a_file_uri(tmp_path, ray_address, collection, model_dir, local_run):
+    """(Resume onto a URI is the driver's work, the same for both engines: test_output_store.py checks it.)"""
+    out = tmp_path / "out"
+    result = segment(collection, *PROMPTS, "-f", "mask", "-f", "rle", "-o", out.as_uri(), "--model", model_dir,
+                     "--max-pixels", MAX_PIXELS, "--engine", "ray", "--manifest", (tmp_path / "m.parquet").as_uri())
+    assert result.exit_code == 1, result.output  # the three bad files
+    expected = {name: data for name, data in output_files(local_run).items()
+                if name.endswith((".rle.json", "__a_round_thing.png", "__a_square.png"))}
+    assert len(expected) == 22 * 3
+    assert output_files(out) == expected
+    # The same rows; `mask` names the file relative to -o.
+    assert pq.read_table(tmp_path / "m.parquet").equals(pq.read_table(local_run.parent / "manifest.parquet"))
+
+
+def test_ray_writes_the_local_bytes_to_s3(ray_address, s3_endpoint, collection, model_dir, local_run):
+    """The actors write to a local S3 server (moto) through the URI alone: endpoint and credentials travel in it."""
+    out, manifest = s3_uri(s3_endpoint, "ray/masks"), s3_uri(s3_endpoint, "ray/manifest.parquet")
+    result = segment(collection, *PROMPTS, "-f", "mask", "-f", "overlay", "-o", out, "--model", model_dir,
+                     "--max-pixels", MAX_PIXELS, "--engine", "ray", "--manifest", manifest)
+    assert result.exit_code == 1, result.output
+    expected = {name: data for name, data in output_files(local_run).items()
+                if name.endswith(("__a_round_thing.png", "__a_square.png", ".overlay.jpg"))}
+    assert len(expected) == 22 * 4
+    assert s3_files(s3_endpoint, "ray/masks") == expected
+    assert pq.read_table(manifest).equals(pq.read_table(local_run.parent / "manifest.parquet"))
+
+
+def test_a_killed_model_actor_is_replaced_and_the_run_ends_complete(tmp_path, ray_address, collection, model_dir,
+                                                                    local_run):
+    """SIGKILL the process of the model actor part-way: Ray restarts the actor and retries its batch, and the run
+    ends with every output once, none lost, no partial file, one manifest row per image x prompt."""
+    if not Path("/proc").is_dir():
+        pytest.skip("finds the actor's process in /proc (Linux)")
+    out = tmp_path / "out"
+    manifest = tmp_path / "manifest.parquet"
+    command = [sys.executable, "-c", "from clipseg.cli import main; main()", "segment", str(collection), *PROMPTS,
+               "-f", "mask", "-f", "overlay", "-o", str(out), "--model", str(model_dir), "--batch-size", "1",
+               "--max-pixels", str(MAX_PIXELS),
+               "--engine", "ray", "--ray-address", ray_address, "--workers", "1", "--manifest", str(manifest)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None and len(list(out.glob("*.png"))) < 6:
+            time.sleep(0.05)
+        actors = _model_actor_pids()
+        assert len(actors) == 1, f"expected one model actor, found {actors}: {_ray_process_titles()}"
+        os.kill(actors[0], signal.SIGKILL)
+        written = len(list(out.rglob("*.png")))
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stderr[-2000:]  # the three bad files
+    assert written < 22 * 2, "the actor was killed after the run had finished"
+    assert actors[0] not in _model_actor_pids()
+    expected = {name: data for name, data in output_files(local_run).items()
+                if name.endswith(("__a_round_thing.png", "__a_square.png", ".overlay.jpg"))}
+    assert output_files(out) == expected  # nothing lost, nothing extra, every file whole
+    assert not [path for path in out.rglob(".*") if path.is_file()]  # no temporary left
+    keys = [(row["image"], row["prompt"]) for row in pq.read_table(manifest).to_pylist()]
+    assert len(keys) == len(set(keys)) == 22 * 2 + 3
+    assert "segmented" in stdout
+
+
+def _ray_process_titles() -> dict[int, str]:
+    """pid -> process title of this machine's Ray worker processes ("ray::..."), Linux /proc."""
+    titles = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode("utf-8", "replace")
+            except OSError:
+                continue
+            if title.startswith("ray::"):
+                titles[int(entry.name)] = title
+    return titles
+
+
+def _model_actor_pids() -> list[int]:
+    """The processes of the model actors (Ray Data names an actor pool's workers MapWorker(...)); Ray titles an
+    actor's process after the actor's class."""
+    return sorted(pid for pid, title in _ray_process_titles().items() if "MapWorker" in title and _alive(pid))

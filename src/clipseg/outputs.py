@@ -101,22 +101,28 @@ def unique_names(texts: Sequence[str], **kwargs: Any) -> list[str]:
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Atomically save a PIL image; the format follows the suffix (JPEG at quality 92)."""
+    """Atomically save a PIL image; the format follows the suffix (`encoded_image`)."""
+    data = encoded_image(image, path)
+    with atomic_write(path) as file:
+        file.write(data)
+    return Path(path)
+
+
+def encoded_image(image: Image.Image, path: str | os.PathLike) -> bytes:
+    """The bytes of `image` as saved at `path`: PNG, or JPEG at quality 92, by the suffix."""
     suffix = Path(path).suffix.lower()
-    if suffix in (".jpg", ".jpeg") and max(image.size) > JPEG_MAX_SIDE:
+    if suffix == ".png":
+        return png_bytes(image)
+    if suffix not in (".jpg", ".jpeg"):
+        raise ValueError(f"{path}: unsupported output suffix {suffix!r} (use .png or .jpg)")
+    if max(image.size) > JPEG_MAX_SIDE:
         raise ValueError(
             f"{path}: a JPEG holds at most {JPEG_MAX_SIDE:,} pixels per side and this image is "
             f"{image.width:,}x{image.height:,}; use a PNG output (mask, soft, cutout) for it"
         )
-    if suffix in (".jpg", ".jpeg"):
-        with atomic_write(path) as file:
-            image.convert("RGB").save(file, format="JPEG", quality=JPEG_QUALITY)
-    elif suffix == ".png":
-        with atomic_write(path) as file:
-            write_png(image, file)
-    else:
-        raise ValueError(f"{path}: unsupported output suffix {suffix!r} (use .png or .jpg)")
-    return Path(path)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
 
 
 def write_png(image: Image.Image, file: BinaryIO) -> None:
@@ -132,9 +138,14 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def save_json(data: Any, path: str | os.PathLike) -> Path:
-    """Atomically write `data` as UTF-8 JSON."""
-    write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    """Atomically write `data` as UTF-8 JSON (`json_bytes`)."""
+    write_text(path, json_bytes(data).decode("utf-8"))
     return Path(path)
+
+
+def json_bytes(data: Any) -> bytes:
+    """`data` as the UTF-8 JSON of every JSON output (indented, non-ASCII kept, final newline)."""
+    return (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:

@@ -44,9 +44,10 @@ def segment_dataset(
     Args:
         sources: what to segment; URIs are read with pyarrow's file systems.
         prompts: text prompts.
-        output: output folder (the masks; the manifest too unless `manifest` says otherwise).
+        output: output folder, a path or a pyarrow file-system URI such as s3://bucket/masks (the masks; the
+            manifest too unless `manifest` says otherwise).
         engine: "ray" (joins the running Ray session, `ray_address`, or starts a local cluster) or "local".
-        manifest: where to write the manifest (default: OUTPUT/manifest.parquet).
+        manifest: where to write the manifest, a path or URI (default: OUTPUT/manifest.parquet).
         model: hub id or checkpoint folder (default: the CLI's).
         formats: output kinds: mask, soft, heatmap, overlay, cutout, rle.
         threshold, batch_size, workers, ray_address, device, overwrite: as the CLI options of the same names.
@@ -62,8 +63,9 @@ def segment_dataset(
     from ..cli.segment import segment
     from .manifest import read_manifest
     from .sources import is_uri
+    from .store import OutputStore, joined
 
-    manifest_path = Path(manifest) if manifest is not None else Path(output) / DEFAULT_MANIFEST_NAME
+    manifest_path = os.fspath(manifest) if manifest is not None else joined(os.fspath(output), DEFAULT_MANIFEST_NAME)
     files = [Path(source) for source in map(str, sources) if not is_uri(source)]
     uris = [source for source in map(str, sources) if is_uri(source)]
     with tempfile.TemporaryDirectory(prefix="clipseg-sources-") as folder:
@@ -76,7 +78,7 @@ def segment_dataset(
             pa_csv.write_csv(pa.table({"path": uris}), listing)
         try:
             segment(
-                output=Path(output),
+                output=os.fspath(output),
                 inputs=files,
                 prompt=list(prompts),
                 output_format=[OutputFormat(fmt) for fmt in formats],
@@ -92,7 +94,8 @@ def segment_dataset(
                 workers=workers,
             )
         except typer.Exit as error:
-            if error.exit_code != 1 or not manifest_path.is_file():  # 1: some images failed, listed in the manifest
+            store, file = OutputStore.open_file(manifest_path)
+            if error.exit_code != 1 or not store.exists(file):  # 1: some images failed, listed in the manifest
                 raise RuntimeError(f"clipseg segment stopped (exit status {error.exit_code}): see stderr") from None
     return read_manifest(manifest_path)
 

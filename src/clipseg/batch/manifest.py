@@ -4,20 +4,23 @@ Rows found during a run go to small Parquet part files in a hidden folder beside
 atomically), so a killed run keeps what it finished; `ManifestWriter.close` merges the previous manifest, the parts
 and the new rows (the newest rows of an image replace its older ones), orders them as the run's plan, writes the
 manifest atomically and removes the parts. A resumed run therefore lists every image x prompt exactly once, the
-images it skipped included.
+images it skipped included. The manifest may be on any pyarrow file system (`--manifest s3://bucket/run.parquet`):
+every file goes through `clipseg.batch.store`, as the masks do.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterable, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from .store import OutputStore
 
 COLUMNS = (
     "image",
@@ -88,17 +91,35 @@ def failure_row(image: str, error: str, *, model: str, threshold: float | None =
 
 
 def read_manifest(path: str | os.PathLike) -> pa.Table:
-    """A manifest as a pyarrow Table (pandas: `.to_pandas()`)."""
+    """A manifest (a path or a pyarrow file-system URI) as a pyarrow Table (pandas: `.to_pandas()`)."""
+    from .store import OutputStore
+
+    store, file = OutputStore.open_file(path)
+    return _read_table(store, file)
+
+
+def _read_table(store: OutputStore, path: Path) -> pa.Table:
     import pyarrow.parquet as pq
 
-    return pq.read_table(path, schema=schema())
+    with store.open_input(path) as file:
+        return pq.read_table(file, schema=schema())
+
+
+def _write_table(store: OutputStore, path: Path, table: pa.Table) -> None:
+    """Write `table` as Parquet at `path`, atomically (`OutputStore.write`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    store.write(path, sink.getvalue().to_pybytes())
 
 
 class ManifestWriter:
     """Collects the rows of a run and writes the manifest (see the module docstring).
 
     Args:
-        path: the manifest file (local; its folder is created).
+        path: the manifest file: a path or a pyarrow file-system URI (`clipseg.batch.store`); its folder is created.
         prompts: the prompt names of this run: an earlier row counts as finished only for these.
         model: the model's name, for the rows of failed images.
         threshold: the mask threshold, for the rows of failed images.
@@ -114,7 +135,9 @@ class ManifestWriter:
         threshold: float | None = None,
         resume: bool = True,
     ) -> None:
-        self.path = Path(path)
+        from .store import OutputStore
+
+        self.store, self.path = OutputStore.open_file(path)
         self.model = model
         self.threshold = threshold
         self.parts = self.path.with_name(f".{self.path.name}.parts")
@@ -122,9 +145,9 @@ class ManifestWriter:
         self._pending: list[dict[str, Any]] = []
         self._last_flush = time.monotonic()
         self._sequence = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.store.make_folder()
         if not resume:
-            shutil.rmtree(self.parts, ignore_errors=True)
+            self.store.delete_folder(self.parts)
         self._finished = self._finished_images() if resume else set()
 
     def finished(self, image: str) -> bool:
@@ -144,9 +167,6 @@ class ManifestWriter:
     def flush(self) -> None:
         """Write the buffered rows to a new part file (atomically)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from ..fileio import atomic_path
 
         self._last_flush = time.monotonic()
         if not self._pending:
@@ -155,8 +175,7 @@ class ManifestWriter:
         self._sequence += 1
         # Names sort in writing order: time, then this process's sequence number.
         name = f"part-{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}.parquet"
-        with atomic_path(self.parts / name) as temporary:
-            pq.write_table(table, temporary)
+        _write_table(self.store, self.parts / name, table)
         self._pending.clear()
 
     def close(self, images: Sequence[str]) -> pa.Table:
@@ -164,9 +183,6 @@ class ManifestWriter:
         run's prompts; write it atomically, remove the parts and return the table."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        from ..fileio import atomic_path
 
         self.flush()
         merged = self._merged()
@@ -178,20 +194,17 @@ class ManifestWriter:
         kept = kept.join(order, "image", join_type="inner").join(prompt_order, "prompt", join_type="left outer")
         kept = kept.sort_by([("_order", "ascending"), ("_prompt_order", "ascending")]).select(list(COLUMNS))
         table = kept.cast(schema())
-        with atomic_path(self.path) as temporary:
-            pq.write_table(table, temporary)
-        shutil.rmtree(self.parts, ignore_errors=True)
+        _write_table(self.store, self.path, table)
+        self.store.delete_folder(self.parts)
         return table
 
     def _tables(self) -> list[pa.Table]:
         """Earlier rows, oldest first: the manifest, then the parts."""
-        import pyarrow.parquet as pq
-
         tables = []
-        if self.path.is_file():
-            tables.append(read_manifest(self.path))
-        if self.parts.is_dir():
-            tables.extend(pq.read_table(part, schema=schema()) for part in sorted(self.parts.glob("part-*.parquet")))
+        if self.store.exists(self.path):
+            tables.append(_read_table(self.store, self.path))
+        parts = [part for part in self.store.files(self.parts) if fnmatch(part.name, "part-*.parquet")]
+        tables.extend(_read_table(self.store, part) for part in parts)
         return tables
 
     def _merged(self) -> pa.Table:

@@ -115,6 +115,10 @@ def _run(
                 "source_of": source_of, "make_predict": make_predict, "write": write, "threads": threads
             },
             compute=ray.data.ActorPoolStrategy(size=workers),
+            # A model actor whose process dies (killed, out of memory, node lost) is restarted and its batch run
+            # again: the writer skips the files the lost attempt finished, and its partial files are temporaries.
+            max_restarts=-1,
+            max_task_retries=-1,
             **request,
         )
     )

@@ -8,16 +8,18 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import EXIT_USAGE, CLIError, one_line, print_line
+from .common import EXIT_USAGE, CLIError, print_line
 from .options import OutputFormat
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ..batch.store import OutputStore
 
 
 # File name endings per format; "rle" is one JSON file per image holding every prompt.
@@ -50,13 +52,14 @@ class Job:
     def path(self, output: Path, suffix: str) -> Path:
         return output / self.stem.with_name(self.stem.name + suffix)
 
-    def done(self) -> bool:
-        return all(path.exists() for path in self.files.values())
+    def done(self, exists: Callable[[Path], bool] = Path.exists) -> bool:
+        """True if every output exists (`exists`: the output store's test, default the local file system's)."""
+        return all(exists(path) for path in self.files.values())
 
 
 def plan_jobs(
     arguments: Sequence[Path],
-    output: Path,
+    output: Path | None,
     console: Console,
     listed: Sequence[str] = (),
     *,
@@ -66,7 +69,7 @@ def plan_jobs(
     """Find the images (or, with other `suffixes`, files of another `kind`) named or inside the folders
     (recursively, hidden entries and the output folder skipped) and give each a unique sanitised output stem that
     mirrors its place below the folder it was found in. The `listed` sources of a --manifest-in list (paths or URIs,
-    checked when loaded) follow, each named after its file."""
+    checked when loaded) follow, each named after its file. `output` is the local output folder (None: remote)."""
     from ..batch.sources import is_uri
 
     found, failures = find_images(arguments, output, console, suffixes=suffixes, kind=kind)
@@ -82,7 +85,7 @@ def plan_jobs(
 
 
 def find_images(
-    arguments: Sequence[Path], output: Path, console: Console, *, suffixes: frozenset[str] | None = None,
+    arguments: Sequence[Path], output: Path | None, console: Console, *, suffixes: frozenset[str] | None = None,
     kind: str = "image",
 ) -> tuple[list[tuple[Path, tuple[str, ...]]], list[Failure]]:
     """Each image (file with one of `suffixes`, default the image suffixes) once, with the folders between it and
@@ -94,7 +97,7 @@ def find_images(
     failures: list[Failure] = []
     found: list[tuple[Path, tuple[str, ...]]] = []
     seen: set[Path] = set()
-    output_resolved = output.resolve()
+    output_resolved = output.resolve() if output is not None else None
     for argument in arguments:
         if argument.is_dir() and argument.resolve() == output_resolved:
             raise CLIError(
@@ -174,22 +177,17 @@ def plan_label_outputs(jobs: Sequence[Job], output: Path) -> None:
         }
 
 
-def prepare_output(output: Path) -> None:
+def prepare_output(output: Path | OutputStore) -> None:
     """Create the output folder, prove it is writable, and clear temporaries of runs that were killed."""
-    from ..fileio import remove_stale_temporaries, write_bytes
+    from ..batch.store import OutputStore, OutputStoreError
 
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".clipseg-write-test"
-        write_bytes(probe, b"")
-        probe.unlink()
-    except OSError as error:
-        reason = error.strerror or one_line(error)
-        raise CLIError(f"cannot write to output folder {output}: {reason}") from None
-    remove_stale_temporaries(output)
+        (output if isinstance(output, OutputStore) else OutputStore.open(output)).prepare()
+    except OutputStoreError as error:
+        raise CLIError(str(error)) from None
 
 
-def _walk(root: Path, skip: Path, suffixes: frozenset[str]) -> Iterator[Path]:
+def _walk(root: Path, skip: Path | None, suffixes: frozenset[str]) -> Iterator[Path]:
     """Image files under `root`, following symlinked folders; a folder reached a second time (a link loop, or two
     links to one folder) is searched once, with a warning."""
     searched = {root.resolve()}

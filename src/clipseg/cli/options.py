@@ -94,6 +94,17 @@ BatchOption = Annotated[
 OutputOption = Annotated[
     Path, typer.Option("--output", "-o", help="Output folder (created if missing).", show_default=False)
 ]
+# `clipseg segment`: the folder may be on any pyarrow file system (clipseg.batch.store).
+OutputTargetOption = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output folder (created if missing): a path or a pyarrow file-system URI, e.g. s3://bucket/masks.",
+        show_default=False,
+        metavar="FOLDER_OR_URI",
+    ),
+]
 InputsArgument = Annotated[
     list[Path],
     typer.Argument(
@@ -283,11 +294,13 @@ ManifestInOption = Annotated[
     ),
 ]
 ManifestOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--manifest",
-        help="Also write a Parquet table: one row per image and prompt (mask file, COCO RLE, area, ...).",
+        help="Also write a Parquet table: one row per image and prompt (mask file, COCO RLE, area, ...); a path or "
+        "a pyarrow file-system URI.",
         show_default=False,
+        metavar="FILE_OR_URI",
         rich_help_panel="Collections",
     ),
 ]

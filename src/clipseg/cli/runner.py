@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..batch.manifest import ManifestWriter
+    from ..batch.store import OutputStore
     from ..batch.work import Outcome
     from ..predictor import Prediction, Predictor
     from ..prompts import Prompt
@@ -123,7 +124,7 @@ def exit_with(status: int) -> None:
 def run_jobs(
     jobs: list[Job],
     failures: list[Failure],
-    output: Path,
+    output: Path | OutputStore,
     console: Console,
     *,
     prompts: Sequence[Prompt],
@@ -134,10 +135,12 @@ def run_jobs(
     manifest: ManifestWriter | None = None,
 ) -> int:
     """Segment the jobs whose outputs (and manifest rows) are missing (all with --overwrite), print the summary;
-    returns the exit status. One run at a time per output folder (an OS lock, released when the process dies)."""
-    from ..fileio import remove_stale_temporaries
+    returns the exit status. One run at a time per local output folder (an OS lock, released when the process dies;
+    `clipseg.batch.store` says why a remote folder has none)."""
+    from ..batch.store import OutputStore
 
-    with output_lock(output):
+    store = output if isinstance(output, OutputStore) else OutputStore.open(output)
+    with output_lock(store):
         summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
         for source, reason in failures:
             print_line(console, f"error: {source}: {reason}")
@@ -145,21 +148,22 @@ def run_jobs(
             raise CLIError("no images to segment", EXIT_USAGE)
         if manifest is not None:
             manifest.add(manifest.failure(source, reason) for source, reason in failures)
-        todo = [job for job in jobs if settings.overwrite or not _done(job, manifest)]
+        exists = store.existing_files()
+        todo = [job for job in jobs if settings.overwrite or not _done(job, manifest, exists)]
         summary.skipped = len(jobs) - len(todo)
         try:
             if todo:
-                _segment(todo, console, prompts, negatives, write, settings, engine, summary, manifest)
+                _segment(todo, console, prompts, negatives, write, settings, engine, summary, manifest, store)
         except KeyboardInterrupt:
             if manifest is not None:
                 manifest.flush()
             print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
-            print_summary(summary, output, settings.command)
+            print_summary(summary, store.name, settings.command)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except _StorageFull as full:
             if manifest is not None:
                 manifest.flush()
-            print_summary(summary, output, settings.command)
+            print_summary(summary, store.name, settings.command)
             not_done = len(todo) - summary.segmented - (len(summary.failures) - len(failures))
             raise CLIError(
                 f"{full} ({summary.files_written} files written, {not_done} images not done); free space and run the "
@@ -168,24 +172,24 @@ def run_jobs(
         if manifest is not None:
             manifest.close([str(job.source) for job in jobs] + [source for source, _ in failures])
         # Again at the end: a killed run's Ray workers may have outlived the start of this one.
-        remove_stale_temporaries(output)
-        return finish(summary, output, settings.command)
+        store.remove_stale_temporaries()
+        return finish(summary, store.name, settings.command)
 
 
 @contextmanager
-def output_lock(output: Path) -> Iterator[None]:
+def output_lock(store: OutputStore) -> Iterator[None]:
     """Hold the output folder's lock for the run; another run holding it is a one-line error."""
-    from ..fileio import FolderLockedError, folder_lock
+    from ..fileio import FolderLockedError
 
     try:
-        with folder_lock(output):
+        with store.lock():
             yield
     except FolderLockedError as error:
         raise CLIError(str(error)) from None
 
 
-def _done(job: Job, manifest: ManifestWriter | None) -> bool:
-    return job.done() and (manifest is None or manifest.finished(str(job.source)))
+def _done(job: Job, manifest: ManifestWriter | None, exists: Callable[[Path], bool]) -> bool:
+    return job.done(exists) and (manifest is None or manifest.finished(str(job.source)))
 
 
 def _segment(
@@ -198,6 +202,7 @@ def _segment(
     engine: EngineSettings,
     summary: Summary,
     manifest: ManifestWriter | None,
+    store: OutputStore,
 ) -> None:
     """Run the jobs in batches of --batch-size on the chosen engine, recording each image's outcome."""
     from PIL import Image
@@ -216,7 +221,7 @@ def _segment(
         make_predict=functools.partial(
             make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
         ),
-        write=functools.partial(_counted_write, write),
+        write=functools.partial(_counted_write, write, store),
         ray_address=engine.ray_address,
         workers=engine.workers,
     )
@@ -317,37 +322,32 @@ def _load_with_pixel_limit(pixel_limit: int | None, source: str) -> Image.Image:
     return load_source(source)
 
 
-def _counted_write(write: Writer, job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
+def _counted_write(
+    write: Writer, store: OutputStore, job: Job, image: Image.Image, prediction: Prediction
+) -> tuple[int, list[dict]]:
     """`write`; when it fails, the error carries how many of the job's files it did write (an atomic write either
     replaced a file or left it) and whether the output storage is full (the run then stops)."""
-    before = _file_states(job)
+    before = _file_states(job, store)
     try:
         return write(job, image, prediction)
     except OSError as error:
-        error.files_written = sum(_file_states(job)[path] != state for path, state in before.items())
+        error.files_written = sum(_file_states(job, store)[path] != state for path, state in before.items())
         error.storage_full = error.errno in _STORAGE_FULL
         raise
 
 
-def _file_states(job: Job) -> dict[Path, tuple[int, int] | None]:
-    """(inode, mtime) of each output file of a job, None where it does not exist."""
-    states: dict[Path, tuple[int, int] | None] = {}
-    for path in job.files.values():
-        try:
-            info = path.stat()
-            states[path] = (info.st_ino, info.st_mtime_ns)
-        except OSError:
-            states[path] = None
-    return states
+def _file_states(job: Job, store: OutputStore) -> dict[Path, tuple[int, int] | None]:
+    """`OutputStore.state` of each output file of a job."""
+    return {path: store.state(path) for path in job.files.values()}
 
 
-def finish(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> int:
+def finish(summary: Summary, output: Path | str, command: str, *, inputs: str = "images") -> int:
     """Print the summary; the exit status: 1 if an input failed, else 0."""
     print_summary(summary, output, command, inputs=inputs)
     return EXIT_FAILURES if summary.failures else 0
 
 
-def print_summary(summary: Summary, output: Path, command: str, *, inputs: str = "images") -> None:
+def print_summary(summary: Summary, output: Path | str, command: str, *, inputs: str = "images") -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text

@@ -34,7 +34,7 @@ from .options import (
     NegativeOption,
     OptionalInputsArgument,
     OutputFormat,
-    OutputOption,
+    OutputTargetOption,
     OverwriteOption,
     Precision,
     PrecisionOption,
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..batch.manifest import ManifestWriter
-
+    from ..batch.store import OutputStore
     from ..postprocess import MaskOptions
     from ..predictor import Prediction
     from ..prompts import ImagePrompt, Prompt
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 
 
 def segment(
-    output: OutputOption,
+    output: OutputTargetOption,
     inputs: OptionalInputsArgument = None,
     prompt: PromptOption = None,
     negative: NegativeOption = None,
@@ -141,6 +141,7 @@ def segment(
         )
         limit_pixels(max_pixels)
         run_engine = _engine(engine, ray_address, workers)
+        store = _output_store(output)
         console = stderr_console()
         matting = None
         if alpha_matting:
@@ -160,35 +161,37 @@ def segment(
         if watch and (engine != Engine.local or manifest is not None or listed):
             raise CLIError("--watch runs on the local engine and takes folders: drop --engine ray, --manifest and "
                            "--manifest-in", EXIT_USAGE)
-        rows = None if manifest is None else RowSettings(output, model, formats, entry_names)
+        if watch and store.local is None:
+            raise CLIError(f"--watch writes to a local folder, not to {store.name}", EXIT_USAGE)
+        rows = None if manifest is None else RowSettings(store, model, formats, entry_names)
         # Settled before the run (with --engine ray the model loads in the workers): the one given, else the model
         # directory's calibrated thresholds.json.
         chosen = resolve_threshold(given, threshold, model_thresholds(model), names, console)
         run_settings = replace(run_settings, resolution=replace(run_settings.resolution, refine_threshold=chosen))
 
         def plan(console: Console) -> tuple[list[Job], list[Failure]]:
-            jobs, failures = plan_jobs(inputs or [], output, console, listed=listed)
-            plan_segment_outputs(jobs, output, formats, entry_names)
+            jobs, failures = plan_jobs(inputs or [], store.local, console, listed=listed)
+            plan_segment_outputs(jobs, store.root, formats, entry_names)
             return jobs, failures
 
         def write(job: Job, image: Image.Image, prediction: Prediction) -> tuple[int, list[dict]]:
             redo = overwrite or job.redo
             return _write_segmentation(
-                job, image, prediction, formats, options, chosen, union, entry_names, redo, rows, matting
+                store, job, image, prediction, formats, options, chosen, union, entry_names, redo, rows, matting
             )
 
-        prepare_output(output)
+        prepare_output(store)
         if watch:
-            with output_lock(output):  # one run per output folder, as without --watch
+            with output_lock(store):  # one run per output folder, as without --watch
                 return watch_jobs(
-                    inputs or [], output, console, plan=plan, prompts=prompts, negatives=negatives, write=write,
+                    inputs or [], store.root, console, plan=plan, prompts=prompts, negatives=negatives, write=write,
                     settings=run_settings, settle=settle,
                 )
         jobs, failures = plan(console)
         return run_jobs(
             jobs,
             failures,
-            output,
+            store,
             console,
             prompts=prompts,
             negatives=negatives,
@@ -256,6 +259,7 @@ def combine_prompts(
 
 
 def _write_segmentation(
+    store: OutputStore,
     job: Job,
     image: Image.Image,
     prediction: Prediction,
@@ -268,19 +272,19 @@ def _write_segmentation(
     rows: RowSettings | None = None,
     matting: dict | None = None,
 ) -> tuple[int, list[dict]]:
-    """Write the job's missing files (all with `overwrite`); returns (files written, manifest rows: with `rows`,
-    one per prompt whether or not its files were written now)."""
+    """Write the job's missing files (all with `overwrite`) to the store; returns (files written, manifest rows:
+    with `rows`, one per prompt whether or not its files were written now)."""
     import numpy as np
 
     from ..outputs import (
         cutout,
+        encoded_image,
         heatmap_overlay,
+        json_bytes,
         label_colours,
         mask_image,
         mask_overlay,
         rle_annotation,
-        save_image,
-        save_json,
     )
     from ..thresholds import per_prompt
 
@@ -289,11 +293,11 @@ def _write_segmentation(
     annotations = []
     colours = label_colours(len(entry_names))
     rle_path = job.files.get((OutputFormat.rle.value, None))
-    want_rle = rle_path is not None and (overwrite or not rle_path.exists())
+    want_rle = rle_path is not None and (overwrite or not store.exists(rle_path))
     manifest_rows = []
     for index, name in enumerate(entry_names):
         planned = [(fmt, job.files[(fmt.value, index)]) for fmt in per_entry]
-        todo = [(fmt, path) for fmt, path in planned if overwrite or not path.exists()]
+        todo = [(fmt, path) for fmt, path in planned if overwrite or not store.exists(path)]
         if not todo and not want_rle and rows is None:
             continue
         probabilities = (prediction.union_probability() if union else prediction.probability(index)).numpy()
@@ -316,27 +320,26 @@ def _write_segmentation(
                 number = recorded if isinstance(recorded, float) else None
                 manifest_rows.append(rows.row(job, index, {**annotation, "threshold": number}, image))
         for fmt, path in todo:
-            path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == OutputFormat.mask:
-                save_image(mask_image(alpha), path)
+                picture = mask_image(alpha)
             elif fmt == OutputFormat.soft:
-                save_image(mask_image(1.0 - probabilities if options.invert else probabilities), path)
+                picture = mask_image(1.0 - probabilities if options.invert else probabilities)
             elif fmt == OutputFormat.heatmap:
-                save_image(heatmap_overlay(image, probabilities), path)
+                picture = heatmap_overlay(image, probabilities)
             elif fmt == OutputFormat.overlay:
-                save_image(mask_overlay(image, alpha, colour=colours[index + 1]), path)
+                picture = mask_overlay(image, alpha, colour=colours[index + 1])
             elif fmt == OutputFormat.cutout and matting is not None:
                 from ..refine import alpha_matte
 
                 matte = alpha_matte(probabilities, image, **matting)
-                save_image(cutout(image, 1.0 - matte if options.invert else matte), path)
-            elif fmt == OutputFormat.cutout:
-                save_image(cutout(image, alpha), path)
+                picture = cutout(image, 1.0 - matte if options.invert else matte)
+            else:
+                picture = cutout(image, alpha)
+            store.write(path, encoded_image(picture, path))
             written += 1
     if want_rle:
-        rle_path.parent.mkdir(parents=True, exist_ok=True)
         record = {"image": str(job.source), "height": image.height, "width": image.width, "annotations": annotations}
-        save_json(record, rle_path)
+        store.write(rle_path, json_bytes(record))
         written += 1
     return written, manifest_rows
 
@@ -345,7 +348,7 @@ def _write_segmentation(
 class RowSettings:
     """What a manifest row of `clipseg segment` needs besides the image and its annotation."""
 
-    output: Path
+    store: OutputStore
     model: str
     formats: list[OutputFormat]
     entry_names: list[str]
@@ -357,7 +360,7 @@ class RowSettings:
         kinds = sorted(self.formats, key=lambda fmt: (fmt != OutputFormat.mask, fmt == OutputFormat.rle))
         kind = kinds[0]
         path = job.files[(kind.value, None if kind == OutputFormat.rle else index)]
-        mask = path.relative_to(self.output).as_posix()
+        mask = self.store.relative(path)
         name = self.entry_names[index]
         return success_row(str(job.source), name, mask, annotation, image.width, image.height, model=self.model)
 
@@ -375,6 +378,16 @@ def _engine(engine: Engine, address: str | None, workers: int | None) -> EngineS
     return EngineSettings(engine.value, address, workers)
 
 
+def _output_store(output: str) -> OutputStore:
+    """The -o folder: a path or a pyarrow file-system URI (clipseg.batch.store); a bad URI is one line."""
+    from ..batch.store import OutputStore, OutputStoreError
+
+    try:
+        return OutputStore.open(output)
+    except OutputStoreError as error:
+        raise CLIError(f"-o {error}", EXIT_USAGE) from None
+
+
 def _listed_sources(manifest_in: str | None) -> list[str]:
     if manifest_in is None:
         return []
@@ -389,7 +402,7 @@ def _listed_sources(manifest_in: str | None) -> list[str]:
 
 
 def _manifest_writer(
-    path: Path | None, prompts: list[str], model: str, threshold: float, overwrite: bool
+    path: str | None, prompts: list[str], model: str, threshold: float, overwrite: bool
 ) -> ManifestWriter | None:
     if path is None:
         return None
@@ -397,7 +410,11 @@ def _manifest_writer(
         from ..batch.manifest import ManifestWriter
     except ImportError:
         raise CLIError("--manifest needs pyarrow: pip install 'clipseg[ray]'") from None
+    from ..batch.store import OutputStoreError, without_credentials
+
     try:
         return ManifestWriter(path, prompts, model=model, threshold=threshold, resume=not overwrite)
+    except OutputStoreError as error:  # names the value already
+        raise CLIError(f"--manifest {error}") from None
     except (ValueError, OSError) as error:
-        raise CLIError(f"--manifest {path}: {one_line(error)}") from None
+        raise CLIError(f"--manifest {without_credentials(path)}: {one_line(error)}") from None
