@@ -5,7 +5,7 @@ edge-aware refinement. See `clipseg.predictor` for the semantics of combined pro
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -88,7 +88,7 @@ class Prediction:
                 f"{self.image_size[1]}x{self.image_size[0]} image"
             )
         centers = (options["center"],) * len(self.names) if "center" in options else per_prompt(threshold, self.names)
-        result = Prediction(self.names, self.logits, self.negative_logits, self.image_size)
+        result = replace(self)  # the same kind (e.g. a video frame's), without cached maps or refiner
         result._refiner = _Refiner(pixels, method, {k: v for k, v in options.items() if k != "center"}, tuple(centers))
         return result
 

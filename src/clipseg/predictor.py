@@ -28,7 +28,7 @@ from .image import ImageInput, load_image, preprocess, resize_mask
 from .messages import shorten
 from .model.interface import SegmentationModel
 from .prediction import Prediction
-from .prompts import ImagePrompt, MixedPrompt, Prompt
+from .prompts import ImagePrompt, MixedPrompt, Prompt, prompt_list, prompt_name
 from .templates import TemplateSet, resolve_templates
 from .tiling import Tile, TileOptions, TilesInput, fuse, plan_tiles
 from .visual_prompt import VisualPromptSpec, prepare_support
@@ -134,7 +134,7 @@ class Predictor:
         """
         if self._features is None or self._original_size is None:
             raise RuntimeError("no image set: call predictor.set_image(image) before predict(...)")
-        positive, negatives = _as_list(prompts), _as_list(negative)
+        positive, negatives = prompt_list(prompts), prompt_list(negative)
         if not positive:
             raise ValueError("predict needs at least one prompt")
         tile_options = TileOptions.parse(tiles)
@@ -145,9 +145,8 @@ class Predictor:
             logits = self.decode(self._features, conditionals, torch.zeros(len(conditionals), dtype=torch.long))
             if tile_options is not None:
                 logits = self._tiled_logits(self._image, logits, conditionals, tile_options, cache=True)
-        return Prediction(
-            tuple(_name(p) for p in positive), logits[: len(positive)], logits[len(positive) :], self._original_size
-        )
+        names = tuple(prompt_name(p) for p in positive)
+        return Prediction(names, logits[: len(positive)], logits[len(positive) :], self._original_size)
 
     def predict_batch(
         self,
@@ -162,7 +161,7 @@ class Predictor:
     ) -> list[Prediction]:
         """Segment several images with the same prompts: the backbone runs over the images in batches of
         `BACKBONE_CHUNK`, the decoder over all image-prompt pairs. Does not change the image stored by `set_image`. Arguments as `predict`."""
-        positive, negatives = _as_list(prompts), _as_list(negative)
+        positive, negatives = prompt_list(prompts), prompt_list(negative)
         if not positive:
             raise ValueError("predict_batch needs at least one prompt")
         tile_options = TileOptions.parse(tiles)
@@ -183,7 +182,7 @@ class Predictor:
                     self._tiled_logits(image, own, conditionals, tile_options)
                     for image, own in zip(rgb_images, per_image, strict=True)
                 ]
-        names = tuple(_name(p) for p in positive)
+        names = tuple(prompt_name(p) for p in positive)
         predictions = []
         for image, own in zip(rgb_images, per_image, strict=True):
             predictions.append(
@@ -368,18 +367,3 @@ class Predictor:
         self._cache.move_to_end(key)
         return self._cache[key]
 
-
-def _as_list(prompts: Prompt | Sequence[Prompt] | None) -> list[Prompt]:
-    if prompts is None:
-        return []
-    if isinstance(prompts, (str, ImagePrompt, MixedPrompt)):
-        return [prompts]
-    return list(prompts)
-
-
-def _name(prompt: Prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, ImagePrompt):
-        return prompt.name
-    return prompt.text

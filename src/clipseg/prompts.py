@@ -94,5 +94,23 @@ class MixedPrompt:
 Prompt = str | ImagePrompt | MixedPrompt
 
 
+def prompt_list(prompts: Prompt | Sequence[Prompt] | None) -> list[Prompt]:
+    """One prompt, a sequence of prompts or None (no prompts) as a list."""
+    if prompts is None:
+        return []
+    if isinstance(prompts, (str, ImagePrompt, MixedPrompt)):
+        return [prompts]
+    return list(prompts)
+
+
+def prompt_name(prompt: Prompt) -> str:
+    """The label of a prompt in outputs and `Prediction.names`: the text, or the image prompt's name."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, ImagePrompt):
+        return prompt.name
+    return prompt.text
+
+
 def _describe(source: object, fallback: str) -> str:
     return str(source) if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__") else fallback

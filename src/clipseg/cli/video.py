@@ -51,12 +51,14 @@ from .options import (
     VideosArgument,
     VisualPromptOption,
 )
+from .resolution import RefineOption, TileScalesOption, TilesOption, resolution_settings
 from .runner import (
     RunSettings,
     Summary,
     exit_with,
     finish,
     load_predictor,
+    output_lock,
     print_summary,
     prompt_texts,
     report_failure,
@@ -85,6 +87,9 @@ def video(
     erode: ErodeOption = 0.0,
     invert: InvertOption = False,
     feather: FeatherOption = 0.0,
+    tiles: TilesOption = False,
+    tile_scales: TileScalesOption = None,
+    refine: RefineOption = None,
     smooth: SmoothOption = DEFAULT_SMOOTH,
     every: EveryOption = 1,
     model: ModelOption = DEFAULT_MODEL,
@@ -123,6 +128,7 @@ def video(
         if given is not None and not isinstance(given, float):
             raise CLIError("--threshold of clipseg video takes a number in [0, 1]", EXIT_USAGE)
         options = mask_options(DEFAULT_THRESHOLD if given is None else given, min_area, dilate, erode, invert, feather)
+        resolution = resolution_settings(tiles, tile_scales, refine)
         console = stderr_console()
         image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
         prompts, names = combine_prompts(texts, image_prompt, mix)
@@ -134,43 +140,45 @@ def video(
         for job in jobs:
             job.files = output_paths(output / job.stem, slugs, formats)
         prepare_output(output)
-        summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
-        for source, reason in failures:
-            print_line(console, f"error: {source}: {reason}")
-        if not jobs and not failures:
-            raise CLIError("no videos to segment", EXIT_USAGE)
-        todo = [job for job in jobs if overwrite or not job.done()]
-        summary.skipped = len(jobs) - len(todo)
-        if not todo:
-            return finish(summary, output, "video", inputs="videos")
-        from ..video import VideoOutputs, probe, segment_video
+        with output_lock(output):  # one run per output folder, as `clipseg segment`
+            summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
+            for source, reason in failures:
+                print_line(console, f"error: {source}: {reason}")
+            if not jobs and not failures:
+                raise CLIError("no videos to segment", EXIT_USAGE)
+            todo = [job for job in jobs if overwrite or not job.done()]
+            summary.skipped = len(jobs) - len(todo)
+            if not todo:
+                return finish(summary, output, "video", inputs="videos")
+            from ..video import VideoOutputs, probe, segment_video
 
-        predictor = load_predictor(settings, console)
-        try:
-            with progress_bar(RateColumn("frames"), console=console, disable=not console.is_terminal) as progress:
-                for job in todo:
-                    try:
-                        info = probe(job.source)
-                        task = progress.add_task(shorten(job.source.name, 30), total=info.expected_frames)
-                        frames = segment_video(
-                            job.source, prompts, model=predictor, negative=negatives, templates=templates.value,
-                            ensemble=ensemble, smooth=smooth, every=every, batch_size=batch_size,
-                        )
-                        with VideoOutputs(job.files, entry_names, info, options=options, union=union,
-                                          overwrite=overwrite, source=str(job.source)) as outputs:
-                            for count, frame in enumerate(frames, start=1):
-                                outputs.write(frame)
-                                progress.update(task, completed=count)
-                        progress.update(task, total=count)  # the container's count was an estimate
-                        summary.files_written += outputs.files_written
-                        summary.segmented += 1
-                    except Exception as error:  # every bad video is reported as one line and the run goes on
-                        report_failure(summary, console, job.source, error, debug)
-        except KeyboardInterrupt:
-            print_line(console, "interrupted: finished videos are kept; run the same command again to do the rest")
-            print_summary(summary, output, "video", inputs="videos")
-            exit_with(EXIT_INTERRUPTED)
-        return finish(summary, output, "video", inputs="videos")
+            predictor = load_predictor(settings, console)
+            try:
+                with progress_bar(RateColumn("frames"), console=console, disable=not console.is_terminal) as progress:
+                    for job in todo:
+                        try:
+                            info = probe(job.source)
+                            task = progress.add_task(shorten(job.source.name, 30), total=info.expected_frames)
+                            frames = segment_video(
+                                job.source, prompts, model=predictor, negative=negatives, templates=templates.value,
+                                ensemble=ensemble, smooth=smooth, every=every, batch_size=batch_size,
+                                tiles=resolution.tiles, refine=resolution.refine,
+                            )
+                            with VideoOutputs(job.files, entry_names, info, options=options, union=union,
+                                              overwrite=overwrite, source=str(job.source)) as outputs:
+                                for count, frame in enumerate(frames, start=1):
+                                    outputs.write(frame)
+                                    progress.update(task, completed=count)
+                            progress.update(task, total=count)  # the container's count was an estimate
+                            summary.files_written += outputs.files_written
+                            summary.segmented += 1
+                        except Exception as error:  # every bad video is reported as one line and the run goes on
+                            report_failure(summary, console, job.source, error, debug)
+            except KeyboardInterrupt:
+                print_line(console, "interrupted: finished videos are kept; run the same command again to do the rest")
+                print_summary(summary, output, "video", inputs="videos")
+                exit_with(EXIT_INTERRUPTED)
+            return finish(summary, output, "video", inputs="videos")
 
     exit_with(run_command(body, debug=debug))
 

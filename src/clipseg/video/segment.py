@@ -5,21 +5,28 @@ batches (the backbone batched over frames), logits of the frames between two key
 and the result is smoothed over time (`clipseg.video.temporal`). A scene cut always makes the last frame of the old
 shot and the first of the new one keyframes and resets the smoothing, so nothing is carried across a cut. At most
 `batch_size x every` frames are held at once: memory does not grow with the video's length.
+
+Tiled inference (`tiles`) runs on the keyframes, like the model; the fused logits of every frame share one working
+resolution, so interpolation and smoothing work on them unchanged. Edge-aware refinement (`refine`) comes last: the
+smoothed (or interpolated) probabilities of each frame are refined with that frame as guide, so masks follow the
+edges of the frame they belong to, interpolated frames included, and the smoothing is not undone by it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..model.clipseg import CLIPSeg
-from ..predictor import BACKBONE_CHUNK, Prediction, Predictor, Templates, _as_list, _name
-from ..prompts import Prompt
+from ..predictor import BACKBONE_CHUNK, Prediction, Predictor, Templates
+from ..prompts import Prompt, prompt_list, prompt_name
+from ..tiling import TileOptions, TilesInput
 from . import DEFAULT_SMOOTH
 from .io import DecodedFrame, VideoReader
 from .temporal import (
@@ -75,6 +82,9 @@ def segment_video(
     batch_size: int = BACKBONE_CHUNK,
     cut_threshold: float = DEFAULT_CUT_THRESHOLD,
     motion_scale: float = DEFAULT_MOTION_SCALE,
+    tiles: TilesInput = None,
+    refine: str | None = None,
+    refine_options: Mapping[str, Any] | None = None,
 ) -> Iterator[FramePrediction]:
     """Segment every frame of a video file; yields one `FramePrediction` per frame, in order.
 
@@ -87,11 +97,17 @@ def segment_video(
         batch_size: keyframes per model call.
         cut_threshold: scene-cut score (0..1) from which a frame starts a new shot.
         motion_scale: picture change (0..1) at which smoothing lets go; `math.inf` gives a plain moving average.
+        tiles: tiled inference on the keyframes, as `Predictor.predict`'s `tiles` (True, a scale, scales or a
+            `clipseg.tiling.TileOptions`).
+        refine: edge-aware refinement of each frame's probabilities after smoothing, with the frame as guide
+            ("guided", see `clipseg.refine.refine`); None: off.
+        refine_options: options of the refine method (`clipseg.refine.refine`), e.g. {"radius": 8}.
 
     The file is opened, and the arguments checked, when this is called; frames are decoded as they are consumed.
 
     Raises:
-        ValueError: bad arguments, no prompts.
+        ValueError: bad arguments (tile options, refine method or options among them), no prompts.
+        clipseg.refine.MissingExtraError: `refine` needs OpenCV (the ``refine`` extra), which is not installed.
         clipseg.video.VideoError: not a video (on the call) or damaged/truncated (while iterating, after the frames
             that could be decoded).
     """
@@ -99,9 +115,11 @@ def segment_video(
         raise ValueError(f"every must be >= 1, got {every}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    positive, negatives = _as_list(prompts), _as_list(negative)
+    positive, negatives = prompt_list(prompts), prompt_list(negative)
     if not positive:
         raise ValueError("segment_video needs at least one prompt")
+    tile_options = TileOptions.parse(tiles)
+    refinement = _refinement(refine, refine_options)
     smoother = LogitSmoother(smooth, motion_scale=motion_scale)
     detector = SceneCutDetector(cut_threshold)
     predictor = _predictor(model)
@@ -110,13 +128,14 @@ def segment_video(
     def run(items: list[_Pending]) -> None:
         images = [item.frame.image for item in items]
         predictions = predictor.predict_batch(
-            images, positive, negative=negatives, templates=templates, ensemble=ensemble, seed=seed
+            images, positive, negative=negatives, templates=templates, ensemble=ensemble, seed=seed,
+            tiles=tile_options,
         )
         for item, prediction in zip(items, predictions, strict=True):
             item.logits = torch.cat([prediction.logits, prediction.negative_logits])
 
     def frames() -> Iterator[FramePrediction]:
-        names = tuple(_name(p) for p in positive)
+        names = tuple(prompt_name(p) for p in positive)
         size = (reader.info.height, reader.info.width)
         queue: list[_Pending] = []
         previous_key: _Pending | None = None
@@ -140,11 +159,15 @@ def segment_video(
                     smoother.reset()
                 logits = smoother(logits, item.frame.image)
                 frame = item.frame
-                yield FramePrediction(
+                prediction = FramePrediction(
                     names, logits[: len(positive)], logits[len(positive) :], size, index=frame.index, time=frame.time,
                     pts=frame.pts, time_base=frame.time_base, image=frame.image, scene_cut=item.cut,
                     keyframe=item.key,
                 )
+                if refinement is not None:
+                    method, options = refinement
+                    prediction = prediction.refined(frame.image, method, **options)
+                yield prediction
             del queue[: upto + 1]
 
         def flush(final: bool) -> Iterator[FramePrediction]:
@@ -183,6 +206,20 @@ def _flagged(reader: VideoReader, detector: SceneCutDetector, every: int) -> Ite
         previous, previous_cut = frame, cut
     if previous is not None:
         yield previous, previous_cut, True
+
+
+def _refinement(method: str | None, options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
+    """(method, options) for `Prediction.refined`, checked now (not at the first frame), or None without `method`."""
+    if method is None:
+        if options:
+            raise ValueError("refine_options need a refine method, e.g. refine='guided'")
+        return None
+    from ..refine import check_refine_options, require_extra
+
+    settings = dict(options or {})
+    check_refine_options(method, settings)
+    require_extra(refine=True)
+    return method, settings
 
 
 def _predictor(model: Predictor | CLIPSeg | str) -> Predictor:
