@@ -5,7 +5,9 @@ temporal smoothing, per frame, with that frame as guide. Also the output-folder 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,29 @@ def test_a_second_video_run_into_a_locked_folder_is_refused(tmp_path, model_dir)
     assert again.exit_code == 0, again.output
     assert len(list((output / "small" / "a_cup").glob("*.png"))) == 4
     assert not (output / LOCK_NAME).exists()
+
+
+def test_a_full_disk_stops_the_video_run_with_one_line(tmp_path, model_dir, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("one.mkv", "two.mkv"):
+        write_video(inputs / name, textured_frames(3, 48, 64, seed=5), codec="ffv1", pix_fmt="yuv444p")
+    real_fsync, calls = os.fsync, []
+
+    def fsync(descriptor: int) -> None:  # the disk fills up after the output folder's write probe
+        calls.append(descriptor)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    output = tmp_path / "out"
+    result = video(inputs, "-p", "a cup", "-f", "rle", "-o", output, "--model", model_dir, "--device", "cpu")
+    monkeypatch.undo()
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr  # the second video is not tried: it would fail the same way
+    assert "No space left on device" in errors[0] and "rle.jsonl" in errors[0]
+    assert "0 files written, 2 videos not done" in errors[0]
+    assert len(calls) == 2
+    assert not list(output.rglob("rle.jsonl")) and not list(output.rglob(".clipseg-*.tmp*"))

@@ -7,8 +7,8 @@ what to do next:
   `poll_seconds`, so files that were still growing are looked at again;
 - `split_stable` keeps the files whose size and modification time stay the same over a short interval (a file
   being copied or downloaded keeps changing);
-- `WatchState` remembers, in a small JSON file written atomically, the content (size, mtime, SHA-256) of every
-  input whose outputs were written: a restart skips them, and a file whose content changed is done again.
+- `WatchState` remembers, in an append-only journal in the output folder, the content (size, mtime, SHA-256) of
+  every input whose outputs were written: a restart skips them, and a file whose content changed is done again.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import threading
 import time
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from .fileio import write_text
 
-STATE_NAME = ".clipseg-watch-state.json"
-STATE_VERSION = 1
+STATE_NAME = ".clipseg-watch-state.jsonl"
+STATE_VERSION = 2
 DEFAULT_SETTLE_SECONDS = 1.0
 # Look at the whole tree this often even without events (events can be missed, e.g. on network file systems).
 RESCAN_SECONDS = 10.0
@@ -52,20 +53,27 @@ class Fingerprint:
 
 
 class WatchState:
-    """The inputs whose outputs were written, with their fingerprints, kept in `path` (JSON).
+    """The inputs whose outputs were written, with their fingerprints, kept in `path` as an append-only journal.
 
-    A missing or unreadable state file starts an empty record (outputs that exist still count as done; see
-    `changed`)."""
+    The journal is JSON Lines: a header line, then one record per finished input, appended and fsynced as each
+    input is done (the last record of an input wins), so recording stays cheap however many inputs the folder
+    holds. Opening the state compacts the journal to one record per input (written atomically), and so does
+    `close`; a compaction that fails (a full disk) leaves the journal as it was, still valid. A torn last line (a
+    crash in the middle of an append) is ignored, and the next append starts on a line of its own. A missing or
+    unreadable journal starts an empty record (outputs that exist still count as done; see `changed`).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._files: dict[str, Fingerprint] = {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("version") == STATE_VERSION:
-                self._files = {key: Fingerprint(**value) for key, value in data["files"].items()}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            self._files = {}
+        self._files = _read_journal(path)
+        self._descriptor: int | None = None
+        self.compact()
+
+    def __enter__(self) -> WatchState:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @staticmethod
     def _key(source: Path) -> str:
@@ -85,29 +93,99 @@ class WatchState:
             return False
         current = Fingerprint.of(source)
         if current.sha256 == recorded.sha256:
-            self._files[self._key(source)] = current  # touched only: remember the new time
+            # Touched only: remember the new time (in the journal at the next compaction; until then a restart
+            # hashes the file once more).
+            self._files[self._key(source)] = current
             return False
         return True
 
     def record(self, sources: Iterable[Path]) -> None:
-        """Remember the current content of `sources` and save the state file."""
+        """Remember the current content of `sources` (those that still exist) in the journal."""
         fingerprints = {}
         for source in sources:
-            try:
+            with contextlib.suppress(OSError):  # gone meanwhile: nothing to remember
                 fingerprints[source] = Fingerprint.of(source)
-            except OSError:
-                self._files.pop(self._key(source), None)  # gone meanwhile: nothing to remember
         self.remember(fingerprints)
 
     def remember(self, fingerprints: dict[Path, Fingerprint]) -> None:
-        """Remember what each input held when it was read (its outputs are written) and save the state file."""
-        for source, fingerprint in fingerprints.items():
-            self._files[self._key(source)] = fingerprint
-        self.save()
+        """Remember what each input held when it was read (its outputs are written): the records are appended
+        to the journal and on disk when this returns. Raises OSError (naming the journal) if they cannot be
+        written; the journal then holds what it held before."""
+        if not fingerprints:
+            return
+        records = {self._key(source): fingerprint for source, fingerprint in fingerprints.items()}
+        self._append("".join(_record_line(key, fingerprint) for key, fingerprint in records.items()))
+        self._files.update(records)
 
-    def save(self) -> None:
-        data = {"version": STATE_VERSION, "files": {key: asdict(value) for key, value in sorted(self._files.items())}}
-        write_text(self.path, json.dumps(data, indent=1) + "\n")
+    def compact(self) -> None:
+        """Rewrite the journal atomically with one record per input (best effort: see the class docstring)."""
+        self._close_descriptor()
+        lines = [_header_line()]
+        lines += [_record_line(key, fingerprint) for key, fingerprint in sorted(self._files.items())]
+        with contextlib.suppress(OSError):
+            write_text(self.path, "".join(lines))
+
+    def close(self) -> None:
+        """Compact the journal and let go of it."""
+        self.compact()
+
+    def _append(self, text: str) -> None:
+        data = text.encode("utf-8")
+        try:
+            if self._descriptor is None:
+                self._descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            end = os.lseek(self._descriptor, 0, os.SEEK_END)
+            if end == 0:  # no compaction could write the file: the header first
+                data = _header_line().encode("utf-8") + data
+            elif os.pread(self._descriptor, 1, end - 1) != b"\n":  # a torn last line no compaction removed
+                data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._descriptor, view) :]
+                os.fsync(self._descriptor)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._descriptor, end)  # no torn record left behind a failed append
+                raise
+        except OSError as error:
+            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from None
+
+    def _close_descriptor(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def _header_line() -> str:
+    return json.dumps({"version": STATE_VERSION}) + "\n"
+
+
+def _record_line(key: str, fingerprint: Fingerprint) -> str:
+    return json.dumps({"file": key, **asdict(fingerprint)}) + "\n"
+
+
+def _read_journal(path: Path) -> dict[str, Fingerprint]:
+    """The records of a journal (the last per input); unparsable lines, such as a torn last one, are skipped; a
+    journal without this version's header gives none."""
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}
+    files: dict[str, Fingerprint] = {}
+    for number, line in enumerate(lines):
+        try:
+            data = json.loads(line)
+            if number == 0:
+                if data.get("version") != STATE_VERSION:
+                    return {}
+                continue
+            key = data.pop("file")
+            files[key] = Fingerprint(**data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            if number == 0:
+                return {}
+    return files
 
 
 def split_stable(

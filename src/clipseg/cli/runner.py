@@ -50,8 +50,25 @@ Writer = Callable[[Job, "Image.Image", "Prediction"], tuple[int, list[dict]]]
 _STORAGE_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS})
 
 
-class _StorageFull(Exception):
-    """The output folder cannot take more files (full disk, quota, read-only file system)."""
+class StorageFull(Exception):
+    """The output folder cannot take more files (full disk, quota, read-only file system): the run stops."""
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """Whether a write error means every further write would fail the same way."""
+    return isinstance(error, OSError) and error.errno in _STORAGE_FULL
+
+
+def storage_full_error(
+    reason: object, summary: Summary, output: Path | str, command: str, *, left: str = "", inputs: str = "images"
+) -> CLIError:
+    """Print the summary; the one-line error that stops a run on a full output storage (`left`: what is not
+    done, e.g. ", 3 images not done")."""
+    print_summary(summary, output, command, inputs=inputs)
+    return CLIError(
+        f"{reason} ({summary.files_written} files written{left}); free space and run the same command again to do "
+        "the rest"
+    )
 
 
 @dataclass(frozen=True)
@@ -160,15 +177,12 @@ def run_jobs(
             print_line(console, "interrupted: finished files are kept; run the same command again to do the rest")
             print_summary(summary, store.name, settings.command)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except _StorageFull as full:
+        except StorageFull as full:
             if manifest is not None:
                 manifest.flush()
-            print_summary(summary, store.name, settings.command)
             not_done = len(todo) - summary.segmented - (len(summary.failures) - len(failures))
-            raise CLIError(
-                f"{full} ({summary.files_written} files written, {not_done} images not done); free space and run the "
-                "same command again to do the rest"
-            ) from None
+            left = f", {not_done} images not done"
+            raise storage_full_error(full, summary, store.name, settings.command, left=left) from None
         if manifest is not None:
             manifest.close([str(job.source) for job in jobs] + [source for source, _ in failures])
         # Again at the end: a killed run's Ray workers may have outlived the start of this one.
@@ -221,7 +235,7 @@ def _segment(
         make_predict=functools.partial(
             make_predict, settings, list(prompts), list(negatives), console if engine.name == "local" else None
         ),
-        write=functools.partial(_counted_write, write, store),
+        write=functools.partial(counted_write, write, store),
         ray_address=engine.ray_address,
         workers=engine.workers,
     )
@@ -291,7 +305,7 @@ def record_outcome(
         return
     summary.files_written += outcome.files_written  # what the image wrote before its error
     if outcome.storage_full:
-        raise _StorageFull(outcome.error)
+        raise StorageFull(outcome.error)
     summary.failures.append((source, outcome.error))
     print_line(console, f"error: {source}: {outcome.error}")
     if debug and outcome.trace:
@@ -322,7 +336,7 @@ def _load_with_pixel_limit(pixel_limit: int | None, source: str) -> Image.Image:
     return load_source(source)
 
 
-def _counted_write(
+def counted_write(
     write: Writer, store: OutputStore, job: Job, image: Image.Image, prediction: Prediction
 ) -> tuple[int, list[dict]]:
     """`write`; when it fails, the error carries how many of the job's files it did write (an atomic write either
@@ -332,7 +346,7 @@ def _counted_write(
         return write(job, image, prediction)
     except OSError as error:
         error.files_written = sum(_file_states(job, store)[path] != state for path, state in before.items())
-        error.storage_full = error.errno in _STORAGE_FULL
+        error.storage_full = is_storage_full(error)
         raise
 
 

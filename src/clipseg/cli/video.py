@@ -57,11 +57,13 @@ from .runner import (
     Summary,
     exit_with,
     finish,
+    is_storage_full,
     load_predictor,
     output_lock,
     print_summary,
     prompt_texts,
     report_failure,
+    storage_full_error,
 )
 from .segment import build_image_prompt, combine_prompts, mask_options
 from .thresholds import DEFAULT_THRESHOLD, parse_threshold
@@ -114,6 +116,7 @@ def video(
     formats = [fmt.value for fmt in dict.fromkeys(output_format or [VideoFormat.frames])]
 
     def body() -> int:
+        from ..batch.work import failure_reason
         from ..outputs import unique_names
         from ..progress import RateColumn, progress_bar
         from ..video.io import VIDEO_SUFFIXES, require_av
@@ -155,7 +158,7 @@ def video(
             predictor = load_predictor(settings, console)
             try:
                 with progress_bar(RateColumn("frames"), console=console, disable=not console.is_terminal) as progress:
-                    for job in todo:
+                    for position, job in enumerate(todo):
                         try:
                             info = probe(job.source)
                             task = progress.add_task(shorten(job.source.name, 30), total=info.expected_frames)
@@ -173,6 +176,11 @@ def video(
                             summary.files_written += outputs.files_written
                             summary.segmented += 1
                         except Exception as error:  # every bad video is reported as one line and the run goes on
+                            if is_storage_full(error):  # ... unless no further output would fit either
+                                left = f", {len(todo) - position} videos not done"
+                                reason = failure_reason(str(job.source), error)
+                                raise storage_full_error(reason, summary, output, "video", left=left,
+                                                         inputs="videos") from None
                             report_failure(summary, console, job.source, error, debug)
             except KeyboardInterrupt:
                 print_line(console, "interrupted: finished videos are kept; run the same command again to do the rest")

@@ -2,13 +2,15 @@
 
 Each round plans the jobs exactly as a normal run (same names, same writer, same one-line errors), so the only
 differences are when a file is taken: once its size has stopped changing (`clipseg.watch.split_stable`), again when
-its content changes (`clipseg.watch.WatchState`, kept in the output folder), and never twice for the same content
-when it failed. Ctrl-C or SIGTERM ends the watch: the file being written is finished or its temporary removed, the
-summary is printed, and the exit status is 0 unless an input failed.
+its content changes (`clipseg.watch.WatchState`, a journal in the output folder), and never twice for the same
+content when it failed. Ctrl-C or SIGTERM ends the watch: the file being written is finished or its temporary
+removed, the summary is printed, and the exit status is 0 unless an input failed. A full output storage stops it as
+it stops a normal run: one line, the summary, exit status 1.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +18,18 @@ from typing import TYPE_CHECKING
 
 from .common import EXIT_FAILURES, EXIT_USAGE, CLIError, print_line
 from .jobs import Failure, Job
-from .runner import RunSettings, Summary, Writer, make_predict, print_summary, record_outcome
+from .runner import (
+    RunSettings,
+    StorageFull,
+    Summary,
+    Writer,
+    counted_write,
+    is_storage_full,
+    make_predict,
+    print_summary,
+    record_outcome,
+    storage_full_error,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -46,12 +59,14 @@ def watch_jobs(
 
     from ..batch.engines import run_batches
     from ..batch.sources import load_source
+    from ..batch.store import OutputStore
     from ..image import IMAGE_SUFFIXES
     from ..watch import RESCAN_SECONDS, STATE_NAME, FolderEvents, WatchState, deferred_interrupts, split_stable
 
     folders = [path for path in inputs if path.is_dir()]
     if not folders:
         raise CLIError("--watch needs a folder to watch among the inputs", EXIT_USAGE)
+    store = OutputStore.open(output)  # the local folder the writer writes to, for counting what it wrote
     state = WatchState(output / STATE_NAME)
     summary = Summary()
     seen: set[Path] = set()
@@ -79,7 +94,12 @@ def watch_jobs(
                 if not state.known(job.source):
                     adopted.append(job.source)  # done by an earlier run: its content is what it was made from
         if adopted:
-            state.record(adopted)
+            try:
+                state.record(adopted)
+            except OSError as error:
+                if not is_storage_full(error):
+                    raise
+                raise StorageFull(f"cannot write {error.filename}: {error.strerror}") from None
         summary.found = len(seen) + len(reported)
         ready, busy = split_stable([job.source for job in todo], settle)
         ready_jobs = [job for job in todo if job.source in set(ready)]
@@ -93,7 +113,8 @@ def watch_jobs(
                 source_of=_source,
                 load=load_source,
                 make_predict=lambda: predict,
-                write=write_and_record(read),
+                # Counted as in a normal run: a full output storage stops the watch.
+                write=functools.partial(counted_write, write_and_record(read), store),
             )
             for outcome in outcomes:
                 record_outcome(outcome, summary, None, console, settings.debug)
@@ -121,17 +142,20 @@ def watch_jobs(
 
         return write_job
 
-    try:  # a signal at any point, even while the model loads, ends the watch normally
-        predict = make_predict(settings, list(prompts), list(negatives), console)
-        print_line(console, f"watching {', '.join(map(str, folders))} for new and changed images (Ctrl-C to stop)")
-        waiting = round_(predict, first=True)
-        last_round = time.monotonic()
-        for changes in FolderEvents(folders, suffixes=IMAGE_SUFFIXES, ignore=output, poll_seconds=settle):
-            if changes or waiting or time.monotonic() - last_round > RESCAN_SECONDS:
-                waiting = round_(predict)
-                last_round = time.monotonic()
-    except KeyboardInterrupt:
-        print_line(console, "stopped watching")
+    with state:  # the journal is compacted however the watch ends
+        try:  # a signal at any point, even while the model loads, ends the watch normally
+            predict = make_predict(settings, list(prompts), list(negatives), console)
+            print_line(console, f"watching {', '.join(map(str, folders))} for new and changed images (Ctrl-C to stop)")
+            waiting = round_(predict, first=True)
+            last_round = time.monotonic()
+            for changes in FolderEvents(folders, suffixes=IMAGE_SUFFIXES, ignore=output, poll_seconds=settle):
+                if changes or waiting or time.monotonic() - last_round > RESCAN_SECONDS:
+                    waiting = round_(predict)
+                    last_round = time.monotonic()
+        except KeyboardInterrupt:
+            print_line(console, "stopped watching")
+        except StorageFull as full:
+            raise storage_full_error(full, summary, output, settings.command) from None
     print_summary(summary, output, settings.command)
     return EXIT_FAILURES if summary.failures else 0
 
