@@ -7,12 +7,12 @@ exact masks:
 - off: no smoothing, no refinement;
 - refine only: `segment_video(..., smooth=0, refine="guided")`;
 - smooth only: the default motion-aware smoothing;
-- smooth, then refine (what `segment_video(..., refine="guided")` does): each frame's smoothed probabilities
-  refined with that frame as guide;
-- refine, then smooth (the other order): each frame refined first, its logits (of the refined probabilities,
-  clamped) smoothed afterwards with the same smoother.
+- refine, then smooth (what `segment_video(..., refine="guided")` does): each frame refined with itself as guide,
+  then the logits of the refined maps smoothed;
+- smooth, then refine (the other order): each frame's smoothed probabilities refined with that frame as guide
+  (`Prediction.refined` on the frames of `segment_video(..., smooth=...)`).
 
-    python benchmarks/bench_video_refine.py               # ~5 min on 2 busy cores
+    python benchmarks/bench_video_refine.py               # ~4 min on 2 busy cores
     python benchmarks/bench_video_refine.py --steps 400   # a weaker decoder, faster
 """
 
@@ -28,29 +28,13 @@ from bench_video import CLIP_SIZE, SIDE, THRESHOLD, cpu_name, flicker, iou, rend
 
 import clipseg
 from clipseg.predictor import Predictor
-from clipseg.refine import refine
 from clipseg.video import DEFAULT_SMOOTH, segment_video
-from clipseg.video.temporal import LogitSmoother
-
-_CLAMP = 1e-4  # refined maps reach 0 and 1 exactly: their logits are clamped for smoothing
-
-
-def refine_then_smooth(path: Path, prompt: str, predictor: Predictor, strength: float) -> list[np.ndarray]:
-    smoother = LogitSmoother(strength)
-    masks = []
-    for frame in segment_video(path, prompt, model=predictor, templates="fixed", smooth=0.0):
-        if frame.scene_cut:
-            smoother.reset()
-        refined = torch.from_numpy(refine(frame.probability(0).numpy(), frame.image)).clamp(_CLAMP, 1 - _CLAMP)
-        smoothed = smoother(torch.logit(refined)[None], frame.image)[0]
-        masks.append(smoothed.sigmoid().numpy() >= THRESHOLD)
-    return masks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=800, help="training steps of the small decoder")
-    parser.add_argument("--clips", type=int, default=3, help="clips of each kind")
+    parser.add_argument("--clips", type=int, default=6, help="clips of each kind")
     parser.add_argument("--frames", type=int, default=30, help="frames per clip")
     parser.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH)
     parser.add_argument("--work", type=Path, help="folder for data, model and clips (default: a temporary one)")
@@ -66,12 +50,16 @@ def main() -> None:
             frames = segment_video(path, prompt, model=predictor, templates="fixed", smooth=strength, refine=method)
             return [frame.masks(THRESHOLD)[0].numpy() for frame in frames]
 
+        def smooth_then_refine(path: Path, prompt: str) -> list[np.ndarray]:
+            frames = segment_video(path, prompt, model=predictor, templates="fixed", smooth=args.smooth)
+            return [frame.refined(frame.image).masks(THRESHOLD)[0].numpy() for frame in frames]
+
         methods = {
             "off": lambda path, prompt: through_library(path, prompt, 0.0, None),
             "refine only": lambda path, prompt: through_library(path, prompt, 0.0, "guided"),
             f"smooth {args.smooth} only": lambda path, prompt: through_library(path, prompt, args.smooth, None),
-            "smooth, then refine": lambda path, prompt: through_library(path, prompt, args.smooth, "guided"),
-            "refine, then smooth": lambda path, prompt: refine_then_smooth(path, prompt, predictor, args.smooth),
+            "refine, then smooth": lambda path, prompt: through_library(path, prompt, args.smooth, "guided"),
+            "smooth, then refine": smooth_then_refine,
         }
         rows = {name: {"static": [], "moving": [], "static_iou": [], "moving_iou": []} for name in methods}
         for kind in ("static", "moving"):

@@ -74,27 +74,45 @@ def test_tiles_run_per_frame_and_smoothing_averages_the_tiled_logits(clip, predi
         torch.testing.assert_close(frame.logits, average, atol=1e-4, rtol=1e-4)
 
 
-def test_refinement_comes_after_smoothing_with_each_frame_as_guide(clip, predictor):
-    options = {"smooth": 0.5, "every": 3}
-    plain = list(segment_video(clip, PROMPTS, model=predictor, **options))
-    refined = list(segment_video(clip, PROMPTS, model=predictor, refine="guided", **options))
-    assert len(refined) == len(plain) == 9
-    assert [f.keyframe for f in refined] == [f.keyframe for f in plain]
+def test_each_frame_is_refined_with_itself_as_guide_and_then_smoothed(clip, predictor):
+    raw = list(segment_video(clip, PROMPTS, model=predictor, smooth=0.0, every=3))
+    refined = list(segment_video(clip, PROMPTS, model=predictor, smooth=0.0, every=3, refine="guided"))
+    assert len(refined) == len(raw) == 9
+    assert [f.keyframe for f in refined] == [f.keyframe for f in raw] and not raw[1].keyframe
     assert [f.index for f in refined] == list(range(9))
-    for smooth_frame, frame in zip(plain, refined, strict=True):
-        assert frame.probabilities.shape == (2, HEIGHT, WIDTH)
-        torch.testing.assert_close(frame.logits, smooth_frame.logits)  # refinement leaves the logits alone
-        for index in range(2):
-            expected = refine(smooth_frame.probability(index).numpy(), smooth_frame.image)
-            np.testing.assert_allclose(frame.probability(index).numpy(), expected, atol=1e-5)
+    by_hand = []  # refine's output for each frame's plain probabilities, the frame as guide
+    for plain, frame in zip(raw, refined, strict=True):
+        assert frame.image_size == (HEIGHT, WIDTH) and frame.probabilities.shape == (2, HEIGHT, WIDTH)
+        maps = np.stack([refine(plain.probability(index).numpy(), plain.image) for index in range(2)])
+        np.testing.assert_allclose(frame.probabilities.numpy(), maps, atol=2e-4)  # up to the 1e-4 clamp
+        by_hand.append(maps)
     # Interpolated frame 1 is refined with its own picture, not its keyframe's: the square has moved.
-    assert not plain[1].keyframe
-    with_keyframe_guide = refine(plain[1].probability(0).numpy(), plain[0].image)
-    assert np.abs(refined[1].probability(0).numpy() - with_keyframe_guide).max() > 1e-3
-    assert not torch.allclose(refined[4].probabilities, plain[4].probabilities, atol=1e-3)
+    with_keyframe_guide = refine(raw[1].probability(0).numpy(), raw[0].image)
+    assert np.abs(refined[1].probability(0).numpy() - with_keyframe_guide).max() > 0.1
+    assert not torch.allclose(refined[4].probabilities, raw[4].probabilities, atol=1e-2)
+    # Then smoothed: a plain exponential average (motion_scale=inf) of the refined maps' logits, the maps clamped
+    # to [1e-4, 1 - 1e-4] as documented.
+    strength = 0.6
+    smoothed = list(segment_video(clip, PROMPTS, model=predictor, smooth=strength, every=3, motion_scale=math.inf,
+                                  refine="guided"))
+    average = None
+    for frame, maps in zip(smoothed, by_hand, strict=True):
+        logits = torch.logit(torch.from_numpy(maps).clamp(1e-4, 1 - 1e-4))
+        average = logits if average is None else strength * average + (1 - strength) * logits
+        torch.testing.assert_close(frame.probabilities, average.sigmoid(), atol=1e-4, rtol=1e-4)
+    # Negative prompts are applied before refinement (the refined frame carries no negative logits).
+    negative = next(iter(segment_video(clip, PROMPTS, model=predictor, negative="blue", smooth=0.0)))
+    negative_refined = next(iter(segment_video(clip, PROMPTS, model=predictor, negative="blue", smooth=0.0,
+                                               refine="guided")))
+    assert not torch.allclose(negative.probabilities, raw[0].probabilities, atol=1e-2)
+    assert len(negative_refined.negative_logits) == 0
+    for index in range(2):
+        expected = refine(negative.probability(index).numpy(), negative.image)
+        np.testing.assert_allclose(negative_refined.probability(index).numpy(), expected, atol=2e-4)
     # Options reach the filter: another radius, another map.
     wide = next(iter(segment_video(clip, PROMPTS, model=predictor, refine="guided", refine_options={"radius": 20})))
-    assert not torch.allclose(wide.probabilities, refined[0].probabilities, atol=1e-3)
+    first = next(iter(segment_video(clip, PROMPTS, model=predictor, refine="guided")))
+    assert not torch.allclose(wide.probabilities, first.probabilities, atol=1e-3)
 
 
 @pytest.mark.parametrize(

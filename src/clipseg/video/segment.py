@@ -7,9 +7,10 @@ shot and the first of the new one keyframes and resets the smoothing, so nothing
 `batch_size x every` frames are held at once: memory does not grow with the video's length.
 
 Tiled inference (`tiles`) runs on the keyframes, like the model; the fused logits of every frame share one working
-resolution, so interpolation and smoothing work on them unchanged. Edge-aware refinement (`refine`) comes last: the
-smoothed (or interpolated) probabilities of each frame are refined with that frame as guide, so masks follow the
-edges of the frame they belong to, interpolated frames included, and the smoothing is not undone by it.
+resolution, so interpolation and smoothing work on them unchanged. Edge-aware refinement (`refine`) comes before
+the smoothing: each frame's probabilities (interpolated ones included, negatives applied) are refined with that
+frame as guide, and their logits, at the frame's size, are smoothed over time. Refining the smoothed maps instead
+lost more accuracy on moving shapes for the same flicker (benchmarks/bench_video_refine.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from .temporal import (
     interpolate_logits,
 )
 
+# Refined probabilities are smoothed as logits of maps clamped to [REFINED_CLAMP, 1 - REFINED_CLAMP] (+-9.2).
+REFINED_CLAMP = 1e-4
+
 
 @dataclass
 class FramePrediction(Prediction):
@@ -49,6 +53,9 @@ class FramePrediction(Prediction):
         image: the frame, (H, W, 3) uint8 RGB, upright.
         scene_cut: the frame starts a new shot (smoothing was reset).
         keyframe: the model ran on this frame; otherwise its logits are interpolated (`every` > 1).
+
+    With refinement (`segment_video(..., refine=...)`), `logits` are those of the refined and smoothed maps at the
+    frame's size and `negative_logits` is empty: the negatives were applied before refinement.
     """
 
     index: int = 0
@@ -99,7 +106,7 @@ def segment_video(
         motion_scale: picture change (0..1) at which smoothing lets go; `math.inf` gives a plain moving average.
         tiles: tiled inference on the keyframes, as `Predictor.predict`'s `tiles` (True, a scale, scales or a
             `clipseg.tiling.TileOptions`).
-        refine: edge-aware refinement of each frame's probabilities after smoothing, with the frame as guide
+        refine: edge-aware refinement of each frame's probabilities with the frame as guide, before smoothing
             ("guided", see `clipseg.refine.refine`); None: off.
         refine_options: options of the refine method (`clipseg.refine.refine`), e.g. {"radius": 8}.
 
@@ -157,17 +164,16 @@ def segment_video(
                     logits, previous_key = item.logits, item
                 if item.cut:
                     smoother.reset()
-                logits = smoother(logits, item.frame.image)
                 frame = item.frame
-                prediction = FramePrediction(
+                if refinement is not None:  # positives only from here on: the negatives are applied
+                    plain = Prediction(names, logits[: len(positive)], logits[len(positive) :], size)
+                    logits = _refined_logits(plain, frame.image, *refinement)
+                logits = smoother(logits, frame.image)
+                yield FramePrediction(
                     names, logits[: len(positive)], logits[len(positive) :], size, index=frame.index, time=frame.time,
                     pts=frame.pts, time_base=frame.time_base, image=frame.image, scene_cut=item.cut,
                     keyframe=item.key,
                 )
-                if refinement is not None:
-                    method, options = refinement
-                    prediction = prediction.refined(frame.image, method, **options)
-                yield prediction
             del queue[: upto + 1]
 
         def flush(final: bool) -> Iterator[FramePrediction]:
@@ -206,6 +212,13 @@ def _flagged(reader: VideoReader, detector: SceneCutDetector, every: int) -> Ite
         previous, previous_cut = frame, cut
     if previous is not None:
         yield previous, previous_cut, True
+
+
+def _refined_logits(prediction: Prediction, image: np.ndarray, method: str, options: dict[str, Any]) -> torch.Tensor:
+    """(P, H, W) logits of the prediction's probabilities (negatives applied) refined with `image` as guide, at the
+    frame's size; clamped, as the refinement takes maps to exactly 0 and 1."""
+    probabilities = prediction.refined(image, method, **options).probabilities
+    return torch.logit(probabilities.clamp(REFINED_CLAMP, 1.0 - REFINED_CLAMP))
 
 
 def _refinement(method: str | None, options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
