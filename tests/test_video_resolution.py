@@ -23,7 +23,7 @@ from clipseg.fileio import LOCK_NAME, folder_lock
 from clipseg.predictor import Predictor
 from clipseg.refine import refine
 from clipseg.testing import he_init_, tiny_config
-from clipseg.video import segment_video
+from clipseg.video import FramePrediction, segment_video
 
 SIDE = 64  # the tiny model's input size: frames larger than it get tiles
 HEIGHT, WIDTH = 96, 128
@@ -100,6 +100,10 @@ def test_each_frame_is_refined_with_itself_as_guide_and_then_smoothed(clip, pred
         logits = torch.logit(torch.from_numpy(maps).clamp(1e-4, 1 - 1e-4))
         average = logits if average is None else strength * average + (1 - strength) * logits
         torch.testing.assert_close(frame.probabilities, average.sigmoid(), atol=1e-4, rtol=1e-4)
+    # A frame refined by hand stays a frame (Prediction.refined keeps the kind and its fields).
+    by_method = raw[4].refined(raw[4].image)
+    assert isinstance(by_method, FramePrediction) and (by_method.index, by_method.keyframe) == (4, raw[4].keyframe)
+    np.testing.assert_allclose(by_method.probabilities.numpy(), by_hand[4], atol=1e-6)
     # Negative prompts are applied before refinement (the refined frame carries no negative logits).
     negative = next(iter(segment_video(clip, PROMPTS, model=predictor, negative="blue", smooth=0.0)))
     negative_refined = next(iter(segment_video(clip, PROMPTS, model=predictor, negative="blue", smooth=0.0,
