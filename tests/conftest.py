@@ -43,3 +43,27 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def full_disk_after(monkeypatch):
+    """`full_disk_after(n)`: from now on os.fsync succeeds `n` times, then fails with ENOSPC (a disk that fills
+    up); returns the list of descriptors it was called with."""
+    import errno
+    import os
+
+    real_fsync = os.fsync
+
+    def arm(successes: int) -> list[int]:
+        calls: list[int] = []
+
+        def fsync(descriptor: int) -> None:
+            calls.append(descriptor)
+            if len(calls) > successes:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        return calls
+
+    return arm

@@ -3,7 +3,6 @@ the same folder is refused while the first holds it, symlinked subfolders are fo
 
 from __future__ import annotations
 
-import errno
 import re
 import os
 import subprocess
@@ -38,23 +37,14 @@ def _error_lines(output: str) -> list[str]:
 
 
 def test_full_disk_stops_early_naming_the_output_and_counting_what_was_written(
-    tmp_path, images, tiny_model_dir, monkeypatch
+    tmp_path, images, tiny_model_dir, monkeypatch, full_disk_after
 ):
-    # The disk fills up after the write-test probe and three output files.
-    real_fsync, calls = os.fsync, []
-
-    def fsync(descriptor: int) -> None:
-        calls.append(descriptor)
-        if len(calls) > 4:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    calls = full_disk_after(4)  # the disk fills up after the write-test probe and three output files
     output = tmp_path / "out"
     result = runner.invoke(
         cli.app, ["segment", str(images), "-p", "a cat", "-p", "a dog", "-o", str(output), "-m", str(tiny_model_dir)]
     )
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.undo()
     assert result.exit_code == 1, result.output
     errors = _error_lines(result.output)
     assert len(errors) == 1, result.output

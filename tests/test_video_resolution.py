@@ -5,9 +5,7 @@ temporal smoothing, per frame, with that frame as guide. Also the output-folder 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -197,20 +195,12 @@ def test_a_second_video_run_into_a_locked_folder_is_refused(tmp_path, model_dir)
     assert not (output / LOCK_NAME).exists()
 
 
-def test_a_full_disk_stops_the_video_run_with_one_line(tmp_path, model_dir, monkeypatch):
+def test_a_full_disk_stops_the_video_run_with_one_line(tmp_path, model_dir, monkeypatch, full_disk_after):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("one.mkv", "two.mkv"):
         write_video(inputs / name, textured_frames(3, 48, 64, seed=5), codec="ffv1", pix_fmt="yuv444p")
-    real_fsync, calls = os.fsync, []
-
-    def fsync(descriptor: int) -> None:  # the disk fills up after the output folder's write probe
-        calls.append(descriptor)
-        if len(calls) > 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    calls = full_disk_after(1)  # the disk fills up after the output folder's write probe
     output = tmp_path / "out"
     result = video(inputs, "-p", "a cup", "-f", "rle", "-o", output, "--model", model_dir, "--device", "cpu")
     monkeypatch.undo()
