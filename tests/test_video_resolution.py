@@ -26,6 +26,7 @@ from clipseg.video import FramePrediction, segment_video
 SIDE = 64  # the tiny model's input size: frames larger than it get tiles
 HEIGHT, WIDTH = 96, 128
 PROMPTS = ["a red square", "the sky"]
+PIVOT = {"center": 0.5}  # the contrast step of the refinement pivots on 0.5
 runner = CliRunner()
 
 
@@ -74,42 +75,43 @@ def test_tiles_run_per_frame_and_smoothing_averages_the_tiled_logits(clip, predi
 
 def test_each_frame_is_refined_with_itself_as_guide_and_then_smoothed(clip, predictor):
     raw = list(segment_video(clip, PROMPTS, model=predictor, smooth=0.0, every=3))
-    refined = list(segment_video(clip, PROMPTS, model=predictor, smooth=0.0, every=3, refine="guided"))
+    refined = list(segment_video(clip, PROMPTS, model=predictor, smooth=0.0, every=3, refine="guided",
+                                 refine_options=PIVOT))
     assert len(refined) == len(raw) == 9
     assert [f.keyframe for f in refined] == [f.keyframe for f in raw] and not raw[1].keyframe
     assert [f.index for f in refined] == list(range(9))
     by_hand = []  # refine's output for each frame's plain probabilities, the frame as guide
     for plain, frame in zip(raw, refined, strict=True):
         assert frame.image_size == (HEIGHT, WIDTH) and frame.probabilities.shape == (2, HEIGHT, WIDTH)
-        maps = np.stack([refine(plain.probability(index).numpy(), plain.image) for index in range(2)])
+        maps = np.stack([refine(plain.probability(index).numpy(), plain.image, **PIVOT) for index in range(2)])
         np.testing.assert_allclose(frame.probabilities.numpy(), maps, atol=2e-4)  # up to the 1e-4 clamp
         by_hand.append(maps)
     # Interpolated frame 1 is refined with its own picture, not its keyframe's: the square has moved.
-    with_keyframe_guide = refine(raw[1].probability(0).numpy(), raw[0].image)
+    with_keyframe_guide = refine(raw[1].probability(0).numpy(), raw[0].image, **PIVOT)
     assert np.abs(refined[1].probability(0).numpy() - with_keyframe_guide).max() > 0.1
     assert not torch.allclose(refined[4].probabilities, raw[4].probabilities, atol=1e-2)
     # Then smoothed: a plain exponential average (motion_scale=inf) of the refined maps' logits, the maps clamped
     # to [1e-4, 1 - 1e-4] as documented.
     strength = 0.6
     smoothed = list(segment_video(clip, PROMPTS, model=predictor, smooth=strength, every=3, motion_scale=math.inf,
-                                  refine="guided"))
+                                  refine="guided", refine_options=PIVOT))
     average = None
     for frame, maps in zip(smoothed, by_hand, strict=True):
         logits = torch.logit(torch.from_numpy(maps).clamp(1e-4, 1 - 1e-4))
         average = logits if average is None else strength * average + (1 - strength) * logits
         torch.testing.assert_close(frame.probabilities, average.sigmoid(), atol=1e-4, rtol=1e-4)
     # A frame refined by hand stays a frame (Prediction.refined keeps the kind and its fields).
-    by_method = raw[4].refined(raw[4].image)
+    by_method = raw[4].refined(raw[4].image, threshold=0.5)  # pivots on its threshold
     assert isinstance(by_method, FramePrediction) and (by_method.index, by_method.keyframe) == (4, raw[4].keyframe)
     np.testing.assert_allclose(by_method.probabilities.numpy(), by_hand[4], atol=1e-6)
     # Negative prompts are applied before refinement (the refined frame carries no negative logits).
     negative = next(iter(segment_video(clip, PROMPTS, model=predictor, negative="blue", smooth=0.0)))
     negative_refined = next(iter(segment_video(clip, PROMPTS, model=predictor, negative="blue", smooth=0.0,
-                                               refine="guided")))
+                                               refine="guided", refine_options=PIVOT)))
     assert not torch.allclose(negative.probabilities, raw[0].probabilities, atol=1e-2)
     assert len(negative_refined.negative_logits) == 0
     for index in range(2):
-        expected = refine(negative.probability(index).numpy(), negative.image)
+        expected = refine(negative.probability(index).numpy(), negative.image, **PIVOT)
         np.testing.assert_allclose(negative_refined.probability(index).numpy(), expected, atol=2e-4)
     # Options reach the filter: another radius, another map.
     wide = next(iter(segment_video(clip, PROMPTS, model=predictor, refine="guided", refine_options={"radius": 20})))
@@ -157,7 +159,9 @@ def test_cli_tiles_and_refine_keep_frames_and_match_the_library(tmp_path, clip, 
     assert len((tmp_path / "sharp" / "square" / "rle.jsonl").read_text().splitlines()) == 9
     assert any((a != b).any() for a, b in zip(plain_masks, sharp_masks, strict=True))
     assert any((a != b).any() for a, b in zip(sharp_masks, scale_masks, strict=True))
-    library = segment_video(clip, "a red square", model=predictor, smooth=0.5, every=2, tiles=True, refine="guided")
+    # The command pivots the refinement on its threshold (-t 0.5).
+    library = segment_video(clip, "a red square", model=predictor, smooth=0.5, every=2, tiles=True, refine="guided",
+                            refine_options=PIVOT)
     for saved, frame in zip(sharp_masks, library, strict=True):
         assert (saved != frame.mask(0, 0.5).numpy()).mean() < 1e-3
 

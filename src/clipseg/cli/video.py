@@ -132,6 +132,8 @@ def video(
             raise CLIError("--threshold of clipseg video takes a number in [0, 1]", EXIT_USAGE)
         options = mask_options(DEFAULT_THRESHOLD if given is None else given, min_area, dilate, erode, invert, feather)
         resolution = resolution_settings(tiles, tile_scales, refine)
+        # Refinement pivots on the threshold the masks are cut at, as in `clipseg segment`.
+        refine_options = None if resolution.refine is None else {"center": options.threshold}
         console = stderr_console()
         image_prompt = build_image_prompt(support, support_mask, support_name, visual_prompt)
         prompts, names = combine_prompts(texts, image_prompt, mix)
@@ -142,8 +144,11 @@ def video(
         slugs = unique_names(entry_names, keep_dots=False)
         for job in jobs:
             job.files = output_paths(output / job.stem, slugs, formats)
-        prepare_output(output)
-        with output_lock(output):  # one run per output folder, as `clipseg segment`
+        from ..batch.store import OutputStore
+
+        store = OutputStore.open(output)  # a local folder: `output` is a Path
+        prepare_output(store)
+        with output_lock(store):  # one run per output folder, as `clipseg segment`
             summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
             for source, reason in failures:
                 print_line(console, f"error: {source}: {reason}")
@@ -165,7 +170,7 @@ def video(
                             frames = segment_video(
                                 job.source, prompts, model=predictor, negative=negatives, templates=templates.value,
                                 ensemble=ensemble, smooth=smooth, every=every, batch_size=batch_size,
-                                tiles=resolution.tiles, refine=resolution.refine,
+                                tiles=resolution.tiles, refine=resolution.refine, refine_options=refine_options,
                             )
                             with VideoOutputs(job.files, entry_names, info, options=options, union=union,
                                               overwrite=overwrite, source=str(job.source)) as outputs:

@@ -108,7 +108,8 @@ def segment_video(
             `clipseg.tiling.TileOptions`).
         refine: edge-aware refinement of each frame's probabilities with the frame as guide, before smoothing
             ("guided", see `clipseg.refine.refine`); None: off.
-        refine_options: options of the refine method (`clipseg.refine.refine`), e.g. {"radius": 8}.
+        refine_options: options of the refine method (`clipseg.refine.refine`), e.g. {"radius": 8}; give
+            {"center": t} when masks are cut at threshold t (default: pivot on 0.4, as `Prediction.refined`).
 
     The file is opened, and the arguments checked, when this is called; frames are decoded as they are consumed.
 
