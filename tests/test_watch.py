@@ -221,17 +221,18 @@ def test_a_full_disk_stops_the_watch_as_it_stops_a_normal_run(tmp_path, model_di
         picture(index).save(inbox / f"photo{index}.png")
     # No file-system events: without the stop, the watch would end after its first round with an error per file.
     monkeypatch.setattr(FolderEvents, "__iter__", lambda self: iter(()))
-    import clipseg.outputs
+    from clipseg.batch.store import OutputStore
 
-    real_save, saved = clipseg.outputs.save_image, []
+    real_write, saved = OutputStore.write, []
 
-    def save_image(image, path):
-        if saved:  # the disk is full after the first mask
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        saved.append(path)
-        return real_save(image, path)
+    def write(store, path, data):
+        if path.suffix == ".png":  # not the output folder's write probe
+            if saved:  # the disk is full after the first mask
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            saved.append(path)
+        return real_write(store, path, data)
 
-    monkeypatch.setattr(clipseg.outputs, "save_image", save_image)
+    monkeypatch.setattr(OutputStore, "write", write)
     args = ["segment", str(inbox), "--watch", "--settle", "0.05", "-p", "a cup", "-o", str(out), "--model",
             str(model_dir), "--device", "cpu"]
     result = CliRunner().invoke(cli.app, args)
@@ -244,7 +245,7 @@ def test_a_full_disk_stops_the_watch_as_it_stops_a_normal_run(tmp_path, model_di
     assert len(journal_files(out / STATE_NAME)) == 1  # the finished file, and only it, is recorded
     assert not list(out.rglob(".clipseg-*.tmp*"))
     # Space again: the same command does the rest and leaves the finished file alone.
-    monkeypatch.setattr(clipseg.outputs, "save_image", real_save)
+    monkeypatch.setattr(OutputStore, "write", real_write)
     stamp = saved[0].stat().st_mtime_ns
     again = CliRunner().invoke(cli.app, args)
     assert again.exit_code == 0, again.output
