@@ -18,7 +18,8 @@ from ..model.config import CLIPSegConfig, ConfigError, DecoderConfig, TextConfig
 from ..thresholds import THRESHOLDS_NAME, Thresholds
 from ..tokenizer import CLIPTokenizer
 from . import convert
-from .io import CheckpointError, declared_state_dict, read_state_dict, read_state_dict_head
+from .errors import CheckpointError
+from .io import declared_state_dict, read_state_dict, read_state_dict_head
 from .pretrained import DEFAULT_CLIP, HUB_FILE_PATTERNS, HUB_MODELS, ORIGINAL_EXTRACT_LAYERS
 
 # config.json "format" of the directories `save_pretrained` writes -> the class that reads them.

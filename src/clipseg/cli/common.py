@@ -111,7 +111,7 @@ def load_model_or_fail(
 ) -> CLIPSeg:
     """`clipseg.load_model` with every loading problem (missing file, offline and not cached, corrupt weights)
     turned into a one-line CLIError. On a terminal `console` a spinner shows while the weights load."""
-    from ..checkpoints.io import CheckpointError
+    from ..checkpoints.errors import CheckpointError
     from ..checkpoints.load import load_model
 
     layers = parse_layers(extract_layers)
