@@ -139,6 +139,26 @@ def test_every_number_of_two_models_matches_a_naive_computation(tmp_path, folder
         assert Image.open(out / f"{plot}.png").size[0] > 100
 
 
+def test_batch_size_sets_the_images_per_backbone_call(tmp_path, folder, models, monkeypatch):
+    images = len(list((folder / "images").iterdir()))
+    assert images == 6
+    sizes = []
+    original = clipseg.CLIPSeg.extract_features
+    counted = lambda self, pixels: sizes.append(len(pixels)) or original(self, pixels)  # noqa: E731
+    monkeypatch.setattr(clipseg.CLIPSeg, "extract_features", counted)
+    values = {}
+    for batch_size in (4, 1):
+        sizes.clear()
+        out = tmp_path / str(batch_size)
+        done = invoke("eval", "--data", folder, "--model", models["first"], "-o", out, "--batch-size", batch_size)
+        assert done.exit_code == 0, done.output
+        # The images in batches of --batch-size, then the qualitative examples recomputed one by one.
+        expected = [4, 2] if batch_size == 4 else [1] * images
+        assert sizes[: len(expected)] == expected and set(sizes[len(expected) :]) <= {1}, sizes
+        values[batch_size] = json.loads((out / "results.json").read_text())["rows"][0]["values"]
+    assert values[4] == pytest.approx(values[1], abs=1e-6)
+
+
 def test_resume_coco_csv_and_image_prompts(tmp_path, folder, models, monkeypatch):
     from clipseg.evaluation.protocols import own_data
 
