@@ -254,7 +254,7 @@ def test_segment_with_a_thresholds_file_and_the_model_default(tmp_path, photo, m
     probabilities = predictor.predict(["a cup", "a dog", "a cat"]).probabilities.numpy()
     masks = saved_masks(tmp_path / "out")
     stem = photo.stem
-    expected = {"a_cup": probabilities[0] >= 0.02, "a_dog": probabilities[1] >= 0.98, "a_cat": probabilities[2] >= 0.5}
+    expected = {"a_cup": probabilities[0] > 0.02, "a_dog": probabilities[1] > 0.98, "a_cat": probabilities[2] > 0.5}
     for name, mask in expected.items():
         (saved,) = [m for file, m in masks.items() if file.startswith(stem) and name in file]
         assert np.array_equal(saved, mask), name
@@ -269,17 +269,17 @@ def test_segment_with_a_thresholds_file_and_the_model_default(tmp_path, photo, m
     masks = saved_masks(tmp_path / "d")
     (cup,) = [m for f, m in masks.items() if "a_cup" in f]
     (cat,) = [m for f, m in masks.items() if "a_cat" in f]
-    assert np.array_equal(cup, probabilities[0] >= 0.9) and np.array_equal(cat, probabilities[2] >= 0.3)
+    assert np.array_equal(cup, probabilities[0] > 0.9) and np.array_equal(cat, probabilities[2] > 0.3)
     number = invoke("segment", photo, "-p", "a cat", "-m", calibrated, "-t", "0.6", "-o", tmp_path / "n")
     assert number.exit_code == 0 and "calibrated" not in number.output
     (cat,) = saved_masks(tmp_path / "n").values()
-    assert np.array_equal(cat, probabilities[2] >= 0.6)
+    assert np.array_equal(cat, probabilities[2] > 0.6)
 
     union = invoke("segment", photo, "-p", "a cup", "-p", "a dog", "-m", models["first"], "-t", thresholds,
                    "--union", "-f", "mask", "-f", "rle", "-o", tmp_path / "u")
     assert union.exit_code == 0, union.output
     (mask,) = saved_masks(tmp_path / "u").values()
-    assert np.array_equal(mask, (probabilities[0] >= 0.02) | (probabilities[1] >= 0.98))
+    assert np.array_equal(mask, (probabilities[0] > 0.02) | (probabilities[1] > 0.98))
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "u").rglob("*.json")]
     assert record["annotations"][0]["threshold"] == {"a cup": 0.02, "a dog": 0.98}
 
