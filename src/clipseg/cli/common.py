@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
+from ..messages import one_line
 from .options import Backend, Precision
 
 if TYPE_CHECKING:
@@ -43,11 +44,6 @@ def stderr_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
-
-
-def one_line(message: object) -> str:
-    """Collapse a message to one line (exception texts sometimes span several)."""
-    return " ".join(str(message).split())
 
 
 def print_line(console: Console, text: str) -> None:

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .. import __version__
+from ..messages import one_line
 from ..predictor import Predictor
 from . import answers
 from .batching import Batcher, Outcome, QueueFull, Work
@@ -81,7 +82,7 @@ class _Service:
             )
             batcher.start()
         except Exception as error:  # reported by /readyz and by the command, which then stops
-            self.load_error = " ".join(str(error).split()) or type(error).__name__
+            self.load_error = one_line(error) or type(error).__name__
             log.error("model failed to load: %s", self.load_error)
             self.on_load_error(self.load_error)
             return
