@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import clipseg
 from clipseg import cli
 from clipseg.data.synthetic import write_coco, write_folder
-from clipseg.evaluation.calibration import choose_threshold
+from clipseg.calibration import choose_threshold
 from clipseg.evaluation.metrics import average_precision
 from clipseg.testing import he_init_, tiny_config
 from clipseg.thresholds import Thresholds

@@ -8,7 +8,8 @@ the model it exports) reads::
 `Prediction.masks`, the CLI's ``--threshold FILE`` and a model directory's ``thresholds.json`` use it: a prompt
 named in ``prompts`` gets its own threshold, every other prompt the overall one.
 
-`binary_mask` is the one rule by which a probability becomes a mask pixel: ``p > t``.
+`binary_mask` is the one rule by which a probability becomes a mask pixel: ``p > t``. `THRESHOLDS` are the 49 the
+paper's metrics score at (`clipseg.evaluation.metrics`) and calibration chooses from (`clipseg.calibration`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+THRESHOLDS: np.ndarray = np.linspace(0, 1, 51)[1:-1]
+"""The 49 fixed thresholds 0.02, 0.04, ..., 0.98 of the paper's metrics (the original's ``linspace(0, 1, 51)[1:-1]``)."""
+NUM_THRESHOLDS = len(THRESHOLDS)
 THRESHOLDS_NAME = "thresholds.json"
 CRITERIA = ("fgiou", "precision", "recall")
 # A thresholds file is a few prompts' worth of JSON; anything far larger is not one.
@@ -159,8 +165,6 @@ def binary_mask(probabilities: Any, threshold: Any) -> Any:
     if torch is not None and isinstance(probabilities, torch.Tensor):
         limit = torch.as_tensor(threshold, dtype=torch.float32, device=probabilities.device)
         return probabilities.float() > limit
-    import numpy as np
-
     return np.asarray(probabilities, dtype=np.float32) > np.asarray(threshold, dtype=np.float32)
 
 

@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-THRESHOLDS: np.ndarray = np.linspace(0, 1, 51)[1:-1]
-"""The 49 fixed thresholds 0.02, 0.04, ..., 0.98."""
-NUM_THRESHOLDS = len(THRESHOLDS)
+from ..thresholds import NUM_THRESHOLDS, THRESHOLDS
+
 REPORTED_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 """Thresholds whose values `BinaryScores.summary` lists by name (the paper's tables use 0.1, 0.2 and 0.3)."""
 
