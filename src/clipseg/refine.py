@@ -10,7 +10,7 @@ soft alpha matte (hair, fur, motion blur) for cut-outs.
   followed by a contrast step around `center` (the threshold the map will be cut at, default 0.5) that undoes
   the filter's blur without moving the mask's decision. The radius defaults to a fraction of the
   image side, so the same defaults suit any resolution.
-- `alpha_matte`: a trimap from the probabilities (sure foreground >= `foreground`, sure background <= `background`,
+- `alpha_matte`: a trimap from the probabilities (sure foreground > `foreground`, sure background <= `background`,
   each shrunk by `erode` pixels; the rest unknown), solved with pymatting's closed-form matting. Matting costs
   grow fast with the unknown area, so it runs on the bounding box of the unknown band, downscaled to at most
   `max_pixels`; the alpha is upsampled back with the guided filter (guided upsampling keeps edges) and
