@@ -39,6 +39,7 @@ import clipseg
 from clipseg.image import preprocess
 from clipseg.model.config import PRESETS, CLIPSegConfig
 from clipseg.testing import random_transformers_clipseg
+from clipseg.thresholds import binary_mask
 
 PROMPTS = [
     "a red circle",
@@ -183,7 +184,7 @@ class Ours:
 
 def agreement(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """max |Δ probability| and IoU of the 0.5-thresholded masks (all prompts pooled)."""
-    a, b = candidate > 0.5, reference > 0.5
+    a, b = binary_mask(candidate, 0.5), binary_mask(reference, 0.5)
     union = (a | b).sum().item()
     return {
         "max_abs_probability_diff": (candidate - reference).abs().max().item(),

@@ -23,6 +23,7 @@ import numpy as np
 from refine_scenes import boundary_f, coarse_mask, cpu_name, iou, make_scene, mse, sad
 
 from clipseg.refine import alpha_matte, refine
+from clipseg.thresholds import binary_mask
 
 SIZES = ((1024, 1024), (768, 1280), (1500, 1000), (2048, 1536), (600, 900), (1333, 777))
 
@@ -36,7 +37,7 @@ def bench_refinement(count: int, seed: int) -> dict:
         start = time.perf_counter()
         refined = refine(coarse, scene.image)
         seconds = time.perf_counter() - start
-        plain_mask, refined_mask = coarse >= 0.5, refined >= 0.5
+        plain_mask, refined_mask = binary_mask(coarse, 0.5), binary_mask(refined, 0.5)
         rows.append({
             "scene": f"{seed + index} {scene.name}",
             "iou_plain": iou(plain_mask, scene.mask),

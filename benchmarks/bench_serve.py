@@ -48,6 +48,7 @@ from clipseg.outputs import mask_image, png_bytes, rle_annotation  # noqa: E402
 from clipseg.precision import apply_precision  # noqa: E402
 from clipseg.predictor import Predictor  # noqa: E402
 from clipseg.testing import TINY_CONFIG, random_model  # noqa: E402
+from clipseg.thresholds import binary_mask  # noqa: E402
 
 THRESHOLD = 0.4
 WORDS = ["cat", "dog", "cup", "chair", "tree", "car", "road", "sky", "lamp", "book", "shoe", "door", "window", "bird"]
@@ -144,7 +145,7 @@ def latency(server: Server, predictor: Predictor, requests: int) -> dict[str, ob
     def one(prompt: str, answer: str) -> None:
         prediction = predictor.predict([prompt])
         probabilities = prediction.probability(0).numpy()
-        mask = probabilities >= THRESHOLD
+        mask = binary_mask(probabilities, THRESHOLD)
         if answer == "json":
             rle_annotation(mask, probabilities, prompt=prompt, threshold=THRESHOLD)
         else:

@@ -27,6 +27,7 @@ from refine_scenes import boundary_f, cpu_name, iou
 import clipseg
 from clipseg.data.synthetic import render_scene, write_phrasecut
 from clipseg.predictor import Predictor
+from clipseg.thresholds import binary_mask
 from clipseg.tiling import TileOptions
 
 TRAIN_SIZE = 352
@@ -128,8 +129,9 @@ def evaluate(model_dir: Path, scenes: int, size: int, seed: int, radius: tuple[f
 def _score(bucket: dict, thresholds: dict[str, float], probabilities: np.ndarray, truths: list[np.ndarray]) -> None:
     for key, threshold in thresholds.items():
         for probability, truth in zip(probabilities, truths, strict=True):
-            bucket[key]["iou"].append(iou(probability >= threshold, truth))
-            bucket[key]["bf"].append(boundary_f(probability >= threshold, truth))
+            mask = binary_mask(probability, threshold)
+            bucket[key]["iou"].append(iou(mask, truth))
+            bucket[key]["bf"].append(boundary_f(mask, truth))
 
 
 def main() -> None:

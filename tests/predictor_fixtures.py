@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 import clipseg
@@ -27,8 +28,13 @@ def narrow_config(head: str = "refined") -> CLIPSegConfig:
 
 def tiny_model(seed: int = 0, head: str = "refined") -> clipseg.CLIPSeg:
     """Random weights re-drawn He-scaled with zero biases, so that logits vary across pixels and prompts (the
-    default init leaves them almost constant)."""
-    return he_init_(clipseg.CLIPSeg(narrow_config(head)), seed=seed).eval()
+    default init leaves them almost constant). The same `seed` gives the same weights in every process: the
+    parameters `he_init_` keeps (the class embedding) are drawn from a seeded generator too, without touching the
+    global one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = clipseg.CLIPSeg(narrow_config(head))
+    return he_init_(model, seed=seed).eval()
 
 
 def save_tiny_model(directory: Path, seed: int = 0) -> Path:

@@ -123,3 +123,29 @@ def test_the_model_imports_nothing_built_on_it(name):
         if module.split(".")[1] in ABOVE_THE_MODEL and module not in MODEL_MAY_IMPORT
     }
     assert not forbidden, f"{name} imports {sorted(forbidden)}"
+
+
+# Training and evaluation are peers: what both need (calibration, thresholds) lies beneath them. The one crossing
+# is by design: validation during training scores with the paper's metrics, `clipseg.evaluation.metrics`.
+TRAINING_MAY_IMPORT_FROM_EVALUATION = {"clipseg.evaluation.metrics"}
+
+
+@pytest.mark.parametrize(
+    ("layer", "peer", "allowed"),
+    [("training", "evaluation", TRAINING_MAY_IMPORT_FROM_EVALUATION), ("evaluation", "training", set())],
+    ids=["training-imports-no-evaluation", "evaluation-imports-no-training"],
+)
+def test_training_and_evaluation_do_not_import_each_other(layer, peer, allowed):
+    crossing = {
+        (name, module)
+        for name in MODULES
+        if name.startswith(f"clipseg.{layer}")
+        for module in _imports(name, module_level=False)
+        if (module == f"clipseg.{peer}" or module.startswith(f"clipseg.{peer}.")) and module not in allowed
+    }
+    assert not crossing, sorted(crossing)
+
+
+def test_calibration_lies_beneath_training_and_evaluation():
+    imported = _imports("clipseg.calibration", module_level=False) | _imports("clipseg.thresholds", module_level=False)
+    assert not {module for module in imported if module.split(".")[1] in ("training", "evaluation")}, imported

@@ -12,7 +12,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from clipseg.checkpoints.io import CheckpointError, read_state_dict, write_safetensors
+from clipseg.checkpoints.errors import CheckpointError
+from clipseg.checkpoints.io import read_state_dict, write_safetensors
 
 # The tests build TorchScript archives on purpose; torch 2.x marks the whole torch.jit API deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch\\.jit\\.:DeprecationWarning")

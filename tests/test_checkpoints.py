@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import clipseg
-from clipseg.checkpoints.io import CheckpointError
+from clipseg.checkpoints.errors import CheckpointError
 from clipseg.model.config import VisionConfig
 from clipseg.testing import random_model, random_transformers_clipseg, tiny_config
 
@@ -332,7 +332,7 @@ def test_hub_id_from_prefilled_cache_offline(reference, tmp_path):
 def test_offline_with_nothing_cached_says_what_to_do(tmp_path):
     result = _run("""
         import clipseg
-        from clipseg.checkpoints.io import CheckpointError
+        from clipseg.checkpoints.errors import CheckpointError
         try:
             clipseg.load_model("CIDAS/clipseg-rd64-refined")
         except CheckpointError as error:

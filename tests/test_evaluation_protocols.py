@@ -261,3 +261,25 @@ def test_shipped_configs_validate(path):
 def test_a_config_per_paper_table():
     tables = {load_config(p).table for p in (REPO / "configs" / "eval").glob("*.yaml")}
     assert tables == set(TABLES)
+
+
+def test_save_figure_writes_a_whole_png_or_nothing(tmp_path):
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from clipseg.evaluation.reports import save_figure
+
+    figure = Figure(figsize=(2, 2))
+    figure.add_subplot().plot([0, 1], [0, 1])
+    save_figure(figure, tmp_path / "plot.png")
+    assert Image.open(tmp_path / "plot.png").format == "PNG"
+    assert [path.name for path in tmp_path.iterdir()] == ["plot.png"]
+
+    def fail_midway(file, **options):
+        Path(file).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    figure.savefig = fail_midway
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(figure, tmp_path / "broken.png")
+    assert [path.name for path in tmp_path.iterdir()] == ["plot.png"]

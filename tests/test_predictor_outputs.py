@@ -18,9 +18,10 @@ def disk(radius: float, size: int = 41) -> np.ndarray:
     return x**2 + y**2 <= radius**2
 
 
-def test_threshold_is_inclusive_and_checked():
-    probabilities = np.array([[0.39, 0.4, 0.9]])
-    np.testing.assert_array_equal(threshold(probabilities, 0.4), [[False, True, True]])
+def test_threshold_is_strict_and_checked():
+    # p > t: the original CLIPSeg's metrics.py counts a pixel as foreground at t when `p > thresh`.
+    probabilities = np.array([[0.39, 0.4, 0.41, 0.9]])
+    np.testing.assert_array_equal(threshold(probabilities, 0.4), [[False, False, True, True]])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         threshold(probabilities, 1.5)
 

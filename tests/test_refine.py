@@ -188,10 +188,10 @@ def test_a_refined_prediction_refines_every_map_and_what_derives_from_them() -> 
         assert 0 < int((expected >= 0.24).sum()) < expected.numel()
         torch.testing.assert_close(refined.probability(index), expected)
         torch.testing.assert_close(refined.probabilities[index], expected)
-    assert torch.equal(refined.masks(0.5), refined.probabilities >= 0.5)
+    assert torch.equal(refined.masks(0.5), refined.probabilities > 0.5)
     assert torch.equal(refined.union_probability(), refined.probabilities.max(dim=0).values)
     best = refined.probabilities.argmax(dim=0) + 1
-    expected_labels = torch.where(refined.probabilities.max(dim=0).values >= 0.4, best, 0)
+    expected_labels = torch.where(refined.probabilities.max(dim=0).values > 0.4, best, 0)
     assert torch.equal(refined.label_map(0.4), expected_labels)
     with pytest.raises(ValueError, match="unknown refine method"):
         plain.refined(image, method="crf")

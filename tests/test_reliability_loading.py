@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import clipseg
-from clipseg.checkpoints.io import CheckpointError, read_state_dict
+from clipseg.checkpoints.errors import CheckpointError
+from clipseg.checkpoints.io import read_state_dict
 from clipseg.model.config import CLIPSegConfig, ConfigError
 from clipseg.testing import random_model, random_transformers_clipseg
 
@@ -94,7 +95,8 @@ def test_shared_module_graph_is_walked_once(tmp_path, torch_namespace):
     assert path.stat().st_size < 2000
     result = run_limited(
         f"""
-        from clipseg.checkpoints.io import CheckpointError, read_state_dict
+        from clipseg.checkpoints.errors import CheckpointError
+        from clipseg.checkpoints.io import read_state_dict
         try:
             read_state_dict({str(path)!r})
         except CheckpointError as error:

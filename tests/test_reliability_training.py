@@ -13,7 +13,7 @@ import torch
 from training_fixtures import CrashingDataset, ShapesSource, SimulatedCrash, shapes_dataset, tiny_train_config
 from typer.testing import CliRunner
 
-from clipseg.checkpoints.io import CheckpointError
+from clipseg.checkpoints.errors import CheckpointError
 from clipseg.data.phrasecut_plus import PhraseCutPlus
 from clipseg.image import ImageLoadError
 from clipseg.training.checkpoint import STATE_FILE, read_checkpoint

@@ -160,7 +160,7 @@ def test_segment_json_matches_the_predictor(client, images, model_dir):
         assert isinstance(entry["rle"]["counts"], str) and entry["rle"]["size"] == [300, 451]
         mask = coco_mask.decode({"size": entry["rle"]["size"], "counts": entry["rle"]["counts"].encode()}).astype(bool)
         probabilities = reference.probability(index).numpy()
-        expected = probabilities >= np.float32(0.45)
+        expected = probabilities > np.float32(0.45)
         np.testing.assert_array_equal(mask, expected)
         assert 0 < entry["area"] == expected.sum()
         assert entry["mean_probability"] == pytest.approx(probabilities[expected].mean(), abs=1e-6)
@@ -222,13 +222,14 @@ def test_float32_probabilities_threshold_exactly_like_the_png(client, images):
     raw = client.post("/v1/segment", data={"image_id": image_id, "prompt": "a cat", "format": "float32"})
     assert raw.headers["content-type"] == "application/octet-stream"
     probabilities = np.frombuffer(raw.content, dtype="<f4").reshape(300, 451)
-    # A threshold equal to a value in the map: that pixel lies exactly on the boundary and must be in the mask.
+    # A threshold equal to a value in the map: that pixel lies exactly on the boundary and stays out of the mask
+    # (p > t, the rule of the original CLIPSeg's metrics.py).
     for value in (float(np.median(probabilities)), float(probabilities.max()), 0.7, 0.0, 1.0):
         text = repr(value)
         png = client.post(
             "/v1/segment", data={"image_id": image_id, "prompt": "a cat", "format": "png", "threshold": text}
         )
-        np.testing.assert_array_equal(decoded(png.content) > 0, probabilities >= np.float32(float(text)))
+        np.testing.assert_array_equal(decoded(png.content) > 0, probabilities > np.float32(float(text)))
 
 
 BAD_SEGMENT = [

@@ -27,9 +27,10 @@ def test_per_prompt_thresholds_in_masks_union_and_label_map():
     assert prediction.mask(1, thresholds).tolist() == [[True, False, True, False]]
     assert prediction.masks({"a cup": 0.5, "a chair": 0.5, "a dog": 0.5}).tolist() == prediction.masks(0.5).tolist()
     assert prediction.union(thresholds).tolist() == [[True, True, True, True]]
-    assert prediction.union(0.5).tolist() == [[True, False, True, True]]
-    # label map: argmax prompt, background where that prompt misses its own threshold
-    # column 0: best a chair 0.5 >= 0.4 -> 2; column 1: best a dog 0.4 >= 0.15 -> 3;
+    # p > t, the rule of the original CLIPSeg's metrics.py: column 0's union is exactly 0.5, so not above 0.5.
+    assert prediction.union(0.5).tolist() == [[False, False, True, True]]
+    # label map: argmax prompt, background where that prompt does not exceed its own threshold
+    # column 0: best a chair 0.5 > 0.4 -> 2; column 1: best a dog 0.4 > 0.15 -> 3;
     # column 2: best a chair 0.6 -> 2; column 3: best a cup 0.9 -> 1
     assert prediction.label_map(thresholds).tolist() == [[2, 3, 2, 1]]
     strict = Thresholds(overall=0.55, prompts={"a cup": 0.95})
@@ -82,3 +83,31 @@ def test_a_model_directory_carries_its_thresholds(tmp_path):
     (tmp_path / "calibrated" / "thresholds.json").write_text('{"overall": 2}')
     with pytest.raises(ThresholdsError, match="calibrated/thresholds.json: overall must be a number in"):
         clipseg.load_model(tmp_path / "calibrated")
+
+
+def test_one_rule_turns_probabilities_into_masks_everywhere():
+    # p > t, compared in float32: the original CLIPSeg's metrics.py counts a pixel at threshold t when
+    # `p > thresh`. Logits -1e-3, 0, 1e-3 give probabilities just below, exactly at (sigmoid(0) = 0.5) and just
+    # above 0.5, so by hand only the last pixel is foreground at 0.5.
+    import numpy as np
+
+    from clipseg.evaluation.metrics import threshold_index, threshold_statistics
+    from clipseg.postprocess import threshold
+    from clipseg.thresholds import binary_mask
+
+    prediction = Prediction(("a cup",), torch.tensor([[[-1e-3, 0.0, 1e-3]]]), torch.zeros(0, 1, 3), (1, 3))
+    probabilities = prediction.probabilities
+    assert probabilities[0, 0, 1].item() == 0.5
+    expected = [False, False, True]
+    assert binary_mask(probabilities[0, 0], 0.5).tolist() == expected
+    assert binary_mask(probabilities[0, 0].numpy(), 0.5).tolist() == expected
+    assert threshold(probabilities[0].numpy(), 0.5)[0].tolist() == expected
+    assert prediction.masks(0.5)[0, 0].tolist() == expected
+    assert prediction.mask(0, {"a cup": 0.5})[0].tolist() == expected
+    assert prediction.union(0.5)[0].tolist() == expected
+    assert prediction.label_map(0.5)[0].tolist() == [0, 0, 1]
+    # The metrics count by the same rule: at t = 0.5, one pixel predicted (a true positive), two not.
+    tp, fp, fn, tn = threshold_statistics(probabilities, torch.ones_like(probabilities))[0, threshold_index(0.5)]
+    assert (tp, fp, fn, tn) == (1, 0, 2, 0)
+    # Per-prompt thresholds broadcast; a threshold is rounded to float32 like the map it is compared with.
+    assert binary_mask(np.float32([0.1, 0.1]), np.array([0.1, 0.09])).tolist() == [False, True]

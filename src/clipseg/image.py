@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from .messages import first_line
+
 if TYPE_CHECKING:
     import torch
 
@@ -221,8 +223,7 @@ def _decode(file: BinaryIO, name: str, max_pixels: int | None = None, *, orient:
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         if isinstance(error, ImageLoadError):
             raise
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImageLoadError(f"{name}: truncated or corrupt image ({reason})") from None
+        raise ImageLoadError(f"{name}: truncated or corrupt image ({first_line(error)})") from None
 
 
 def _oriented(image: Image.Image, name: str) -> Image.Image:

@@ -11,14 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .thresholds import binary_mask
+
 DEFAULT_THRESHOLD = 0.4
 
 
 def threshold(probabilities: np.ndarray, value: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Probabilities (H, W) in [0, 1] -> bool mask of the pixels with probability >= `value`."""
+    """Probabilities (H, W) in [0, 1] -> bool mask of the pixels with probability > `value`
+    (`clipseg.thresholds.binary_mask`)."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {value}")
-    return np.asarray(probabilities) >= value
+    return binary_mask(np.asarray(probabilities), value)
 
 
 def dilate(mask: np.ndarray, pixels: float) -> np.ndarray:
@@ -78,7 +81,7 @@ class MaskOptions:
     pixels, dilate, erode (both = a closing that fills gaps), invert, feather (soft edges).
 
     Attributes:
-        threshold: probability at or above which a pixel is object.
+        threshold: probability above which a pixel is object.
         min_area: components (8-connected) with fewer pixels are removed; 0 keeps all.
         dilate: pixels to grow the mask by.
         erode: pixels to shrink the mask by.

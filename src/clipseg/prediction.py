@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .image import ImageInput, load_image
 from .postprocess import DEFAULT_THRESHOLD
-from .thresholds import ThresholdLike, per_prompt
+from .thresholds import ThresholdLike, binary_mask, per_prompt
 
 
 @dataclass
@@ -93,15 +93,16 @@ class Prediction:
         return result
 
     def masks(self, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
-        """(P, H, W) bool: probability >= threshold. `threshold` is one number for every prompt, a `Thresholds`
-        (calibrated per prompt, with an overall fallback) or a mapping prompt name -> threshold."""
+        """(P, H, W) bool: probability > threshold (`clipseg.thresholds.binary_mask`). `threshold` is one number
+        for every prompt, a `Thresholds` (calibrated per prompt, with an overall fallback) or a mapping prompt
+        name -> threshold."""
         values = torch.tensor(per_prompt(threshold, self.names), dtype=torch.float32)
-        return self.probabilities >= values[:, None, None]
+        return binary_mask(self.probabilities, values[:, None, None])
 
     def mask(self, index: int, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
         """(H, W) bool mask of prompt `index` (threshold as in `masks`)."""
         (value,) = per_prompt(threshold, self.names[index : index + 1])
-        return self.probability(index) >= torch.tensor(value, dtype=torch.float32)
+        return binary_mask(self.probability(index), value)
 
     def union_probability(self) -> torch.Tensor:
         """(H, W) max over prompts: the soft union."""
@@ -113,7 +114,7 @@ class Prediction:
     def union(self, threshold: ThresholdLike = DEFAULT_THRESHOLD) -> torch.Tensor:
         """(H, W) bool: pixels in any prompt's mask (threshold as in `masks`)."""
         if isinstance(threshold, (int, float)):
-            return self.union_probability() >= torch.tensor(per_prompt(threshold, ["union"])[0], dtype=torch.float32)
+            return binary_mask(self.union_probability(), per_prompt(threshold, ["union"])[0])
         union = self.mask(0, threshold)
         for index in range(1, len(self.names)):
             union |= self.mask(index, threshold)
@@ -130,7 +131,7 @@ class Prediction:
             better = probability > best
             best = torch.where(better, probability, best)
             labels[better] = index + 1
-        labels[best < limits[labels - 1]] = 0
+        labels[~binary_mask(best, limits[labels - 1])] = 0
         return labels
 
     def _full_size_probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -330,12 +330,16 @@ class Predictor:
             token_grid=self.image_size // self.model.config.vision.patch_size,
         )
 
-    def extract_features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
-        """Backbone activations of RGB images (from `load_image`), in batches of `BACKBONE_CHUNK`: one tensor
+    def extract_features(
+        self, images: Sequence[Image.Image], *, batch_size: int = BACKBONE_CHUNK
+    ) -> list[torch.Tensor]:
+        """Backbone activations of RGB images (from `load_image`), `batch_size` images per backbone call: one tensor
         (N, tokens, width) per extract layer, image n at index n. `decode` reads them."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         with torch.inference_mode():
             pixels = torch.stack([self._preprocess(image) for image in images])
-            chunks = [self.model.extract_features(chunk) for chunk in pixels.split(BACKBONE_CHUNK)]
+            chunks = [self.model.extract_features(chunk) for chunk in pixels.split(batch_size)]
             return [torch.cat(layer) for layer in zip(*chunks)]
 
     def decode(

@@ -10,7 +10,7 @@ soft alpha matte (hair, fur, motion blur) for cut-outs.
   followed by a contrast step around `center` (the threshold the map will be cut at, default 0.5) that undoes
   the filter's blur without moving the mask's decision. The radius defaults to a fraction of the
   image side, so the same defaults suit any resolution.
-- `alpha_matte`: a trimap from the probabilities (sure foreground >= `foreground`, sure background <= `background`,
+- `alpha_matte`: a trimap from the probabilities (sure foreground > `foreground`, sure background <= `background`,
   each shrunk by `erode` pixels; the rest unknown), solved with pymatting's closed-form matting. Matting costs
   grow fast with the unknown area, so it runs on the bounding box of the unknown band, downscaled to at most
   `max_pixels`; the alpha is upsampled back with the guided filter (guided upsampling keeps edges) and
@@ -30,7 +30,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from .image import ImageInput, load_image
+from .thresholds import binary_mask
 
 if TYPE_CHECKING:
     import torch
@@ -205,10 +207,11 @@ def require_extra(*, refine: bool = True, matting: bool = False) -> None:
 
 def make_trimap(probabilities: np.ndarray, foreground: float, background: float, erode: float) -> np.ndarray:
     """float32 trimap (H, W): 1 sure foreground, 0 sure background, 0.5 unknown. The sure regions are
-    ``p >= foreground`` and ``p <= background``, each eroded by `erode` pixels (a disk)."""
+    ``p > foreground`` and ``p <= background`` (`clipseg.thresholds.binary_mask` and its complement), each eroded
+    by `erode` pixels (a disk)."""
     cv2 = _cv2()
-    sure_foreground = (probabilities >= foreground).astype(np.uint8)
-    sure_background = (probabilities <= background).astype(np.uint8)
+    sure_foreground = binary_mask(probabilities, foreground).astype(np.uint8)
+    sure_background = (~binary_mask(probabilities, background)).astype(np.uint8)
     size = 2 * round(erode) + 1
     if size > 1:
         disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))

@@ -7,6 +7,9 @@ the model it exports) reads::
 
 `Prediction.masks`, the CLI's ``--threshold FILE`` and a model directory's ``thresholds.json`` use it: a prompt
 named in ``prompts`` gets its own threshold, every other prompt the overall one.
+
+`binary_mask` is the one rule by which a probability becomes a mask pixel: ``p > t``. `THRESHOLDS` are the 49 the
+paper's metrics score at (`clipseg.evaluation.metrics`) and calibration chooses from (`clipseg.calibration`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+THRESHOLDS: np.ndarray = np.linspace(0, 1, 51)[1:-1]
+"""The 49 fixed thresholds 0.02, 0.04, ..., 0.98 of the paper's metrics (the original's ``linspace(0, 1, 51)[1:-1]``)."""
+NUM_THRESHOLDS = len(THRESHOLDS)
 THRESHOLDS_NAME = "thresholds.json"
 CRITERIA = ("fgiou", "precision", "recall")
 # A thresholds file is a few prompts' worth of JSON; anything far larger is not one.
@@ -134,6 +143,29 @@ def per_prompt(threshold: ThresholdLike, names: Sequence[str]) -> list[float]:
         return [float(v) for v in values]
     _check_value(threshold, "threshold")
     return [float(threshold)] * len(names)
+
+
+def binary_mask(probabilities: Any, threshold: Any) -> Any:
+    """The pixels whose probability is strictly above `threshold` (``p > t``), compared in float32.
+
+    The one rule wherever a probability becomes a mask: `Prediction` masks, unions and label maps, mask
+    post-processing (and with it the CLI, videos and collections), the server, the alpha-matting trimap; the
+    evaluation metrics (`clipseg.evaluation.metrics.threshold_statistics`) count pixels by the same rule, so a
+    threshold chosen on evaluation data gives exactly the masks it was scored with. ``p > t`` is what the original
+    CLIPSeg code scored with (metrics.py, `FixedIntervalMetrics`: ``torch.where(p > thresh)``).
+
+    Args:
+        probabilities: a torch tensor or numpy array of probabilities, any shape.
+        threshold: a number, or values broadcast against `probabilities` (e.g. one per prompt, shape (P, 1, 1)).
+
+    Returns:
+        A bool tensor or array (as `probabilities`) of the broadcast shape.
+    """
+    torch = sys.modules.get("torch")  # a tensor means torch is imported; otherwise it need not be
+    if torch is not None and isinstance(probabilities, torch.Tensor):
+        limit = torch.as_tensor(threshold, dtype=torch.float32, device=probabilities.device)
+        return probabilities.float() > limit
+    return np.asarray(probabilities, dtype=np.float32) > np.asarray(threshold, dtype=np.float32)
 
 
 def _number(value: Any, name: str) -> float:

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from .fileio import MAX_CONFIG_BYTES, read_limited_text
+from .messages import first_line
 
 BASE_KEY = "base"
 
@@ -52,7 +53,7 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         # A regular UTF-8 file of bounded size: a FIFO or /dev/zero named as a config must not hang the run.
         data = yaml.safe_load(read_limited_text(path, MAX_CONFIG_BYTES, "YAML config"))
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ValueError(f"{path}: not valid YAML ({first_line(error)})") from None
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")

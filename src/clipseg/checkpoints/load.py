@@ -14,11 +14,13 @@ import torch
 from ..model.baselines import CLIPDeconv, ViTSeg
 from ..model.clipseg import CONFIG_NAME, CLIPSeg
 from ..fileio import MAX_CONFIG_BYTES, UnreadableFileError, read_json_file
+from ..messages import one_line
 from ..model.config import CLIPSegConfig, ConfigError, DecoderConfig, TextConfig, VisionConfig
 from ..thresholds import THRESHOLDS_NAME, Thresholds
 from ..tokenizer import CLIPTokenizer
 from . import convert
-from .io import CheckpointError, declared_state_dict, read_state_dict, read_state_dict_head
+from .errors import CheckpointError
+from .io import declared_state_dict, read_state_dict, read_state_dict_head
 from .pretrained import DEFAULT_CLIP, HUB_FILE_PATTERNS, HUB_MODELS, ORIGINAL_EXTRACT_LAYERS
 
 # config.json "format" of the directories `save_pretrained` writes -> the class that reads them.
@@ -171,7 +173,7 @@ def _tokenizer_for(directory: Path) -> CLIPTokenizer | None:
     try:
         return CLIPTokenizer.from_pretrained(directory)
     except (UnreadableFileError, FileNotFoundError, ValueError) as error:
-        raise CheckpointError(_one_line(error)) from None
+        raise CheckpointError(one_line(error)) from None
 
 
 def _same_layout(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -197,7 +199,7 @@ def _load_directory(directory: Path, extract_layers: tuple[int, ...] | None) -> 
             with torch.device("meta"):
                 model = model_class.from_saved_config(saved, tokenizer)
         except (ConfigError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{config_path}: {_one_line(error)}") from None
+            raise CheckpointError(f"{config_path}: {one_line(error)}") from None
         return _fill(model, files, weights_file, _same_layout)
     if config_json.get("model_type") == "clipseg":
         preprocessor_path = directory / "preprocessor_config.json"
@@ -385,10 +387,6 @@ def _assign(
     on_meta = not may_be_missing
     model.load_state_dict(tensors, strict=on_meta, assign=on_meta)
     return model
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _preview(keys, limit: int = 8) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
+from ..messages import one_line
 from .options import Backend, Precision
 
 if TYPE_CHECKING:
@@ -43,11 +44,6 @@ def stderr_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
-
-
-def one_line(message: object) -> str:
-    """Collapse a message to one line (exception texts sometimes span several)."""
-    return " ".join(str(message).split())
 
 
 def print_line(console: Console, text: str) -> None:
@@ -111,7 +107,7 @@ def load_model_or_fail(
 ) -> CLIPSeg:
     """`clipseg.load_model` with every loading problem (missing file, offline and not cached, corrupt weights)
     turned into a one-line CLIError. On a terminal `console` a spinner shows while the weights load."""
-    from ..checkpoints.io import CheckpointError
+    from ..checkpoints.errors import CheckpointError
     from ..checkpoints.load import load_model
 
     layers = parse_layers(extract_layers)

@@ -182,7 +182,7 @@ ThresholdOption = Annotated[
     typer.Option(
         "--threshold",
         "-t",
-        help="Probability for a mask pixel (0-1), or a thresholds.json from `clipseg eval --write-thresholds` "
+        help="Probability a mask pixel must exceed (0-1), or a thresholds.json from `clipseg eval --write-thresholds` "
         "(per prompt, overall for the rest). Default: the model directory's thresholds.json if it has one, else 0.4.",
         metavar="T|FILE",
         show_default=False,
@@ -268,7 +268,7 @@ BackgroundThresholdOption = Annotated[
     typer.Option(
         "--background-threshold",
         "-t",
-        help="Pixels whose best prompt stays below this are background: 0-1, or a thresholds.json (per prompt). "
+        help="Pixels whose best prompt does not exceed this are background: 0-1, or a thresholds.json (per prompt). "
         "Default: the model directory's thresholds.json if it has one, else 0.4.",
         metavar="T|FILE",
         show_default=False,

@@ -58,20 +58,22 @@ def _not_found(what: str, path: Path, help_text: str) -> FileNotFoundError:
 
 def find_voc_root(root: str | os.PathLike) -> Path:
     """The ``VOC2012`` directory under `root` (accepts the directory itself, its parent, or VOCdevkit's parent)."""
-    root = Path(root)
-    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
-        if (candidate / "JPEGImages").is_dir():
-            return candidate
-    raise _not_found("Pascal VOC 2012", root, _VOC_HELP)
+    return _find_root(root, ("VOC2012", "VOCdevkit/VOC2012"), "JPEGImages", "Pascal VOC 2012", _VOC_HELP)
 
 
 def find_sbd_root(root: str | os.PathLike) -> Path:
     """SBD's ``dataset`` directory under `root` (the directory itself, ``benchmark_RELEASE`` or its parent)."""
+    what = "SBD (Semantic Boundaries Dataset)"
+    return _find_root(root, ("dataset", "benchmark_RELEASE/dataset"), "cls", what, _SBD_HELP)
+
+
+def _find_root(root: str | os.PathLike, below: tuple[str, ...], marker: str, what: str, help_text: str) -> Path:
+    """`root` itself or the first of `below` it that holds the directory `marker`."""
     root = Path(root)
-    for candidate in (root, root / "dataset", root / "benchmark_RELEASE" / "dataset"):
-        if (candidate / "cls").is_dir():
+    for candidate in (root, *(root / relative for relative in below)):
+        if (candidate / marker).is_dir():
             return candidate
-    raise _not_found("SBD (Semantic Boundaries Dataset)", root, _SBD_HELP)
+    raise _not_found(what, root, help_text)
 
 
 def read_sbd_label(path: str | os.PathLike) -> np.ndarray:

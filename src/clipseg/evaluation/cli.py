@@ -14,7 +14,7 @@ from ..cli.options import TemplateSet
 
 
 class ThresholdCriterion(str, Enum):
-    """How --write-thresholds chooses (`clipseg.evaluation.calibration`)."""
+    """How --write-thresholds chooses (`clipseg.calibration`)."""
 
     fgiou = "fgiou"
     precision = "precision"
@@ -223,7 +223,7 @@ def own_data_config(
 
 def _write_thresholds(rows: list, path: Path, criterion: str, target: float | None, console) -> None:
     """The first model's thresholds chosen on the evaluated data, written to `path`."""
-    from .calibration import choose_thresholds
+    from ..calibration import choose_thresholds
 
     row = rows[0]
     prompts = {prompt: entry["statistics"] for prompt, entry in row.details["prompts"].items()}

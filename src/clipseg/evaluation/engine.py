@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ..checkpoints.load import load_model
+from ..messages import one_line
 from .cache import SampleCache, file_signature, fingerprint
 from .settings import EvalConfig, ModelSpec
 from .inference import (
@@ -111,7 +112,7 @@ class Runtime:
     def record_failure(self, key: str, error: BaseException) -> None:
         """Note a sample that cannot be loaded (once per key, with a warning line) and go on without it."""
         if key not in self.failed:
-            self.failed[key] = " ".join(str(error).split()) or type(error).__name__
+            self.failed[key] = one_line(error) or type(error).__name__
             warnings.warn(f"sample {key} failed and is left out: {self.failed[key]}", stacklevel=2)
 
     def segmenter(self, spec: ModelSpec, task: str) -> Segmenter:

@@ -3,7 +3,8 @@
 Definitions (the original `metrics.FixedIntervalMetrics`):
 
 - thresholds ``t`` = ``linspace(0, 1, 51)[1:-1]`` = 0.02, 0.04, ..., 0.98, applied to sigmoid probabilities; a pixel
-  is predicted foreground at ``t`` when ``p > t`` (strictly, compared in float32);
+  is predicted foreground at ``t`` when ``p > t`` (strictly, compared in float32: `clipseg.thresholds.binary_mask`,
+  the rule every mask is made with);
 - TP/FP/FN/TN are summed over the whole dataset per threshold (not averaged per image), and per class for mIoU;
 - ``IoU_FG = TP / (1 + TP + FP + FN)``; ``IoU_BIN = (IoU_FG + TN / (1 + TN + FN + FP)) / 2``;
   ``mIoU`` = mean over classes of the per-class IoU_FG;
@@ -28,9 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-THRESHOLDS: np.ndarray = np.linspace(0, 1, 51)[1:-1]
-"""The 49 fixed thresholds 0.02, 0.04, ..., 0.98."""
-NUM_THRESHOLDS = len(THRESHOLDS)
+from ..thresholds import NUM_THRESHOLDS, THRESHOLDS
+
 REPORTED_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 """Thresholds whose values `BinaryScores.summary` lists by name (the paper's tables use 0.1, 0.2 and 0.3)."""
 
@@ -71,7 +71,8 @@ def threshold_statistics(
     if bool(torch.isnan(scores).any()):
         raise ValueError("probabilities contain NaN")
     positive = targets.reshape(batch, -1) > 0.5
-    # bins[i] = number of thresholds strictly below p: the pixel is foreground at threshold j iff j < bins[i].
+    # bins[i] = number of thresholds strictly below p: the pixel is foreground at threshold j iff j < bins[i],
+    # i.e. iff binary_mask(p, THRESHOLDS[j]) (p > t in float32), for all 49 thresholds in one pass.
     bins = torch.bucketize(scores, _THRESHOLDS_F32.to(scores.device), right=False)
     slots = 2 * (NUM_THRESHOLDS + 1)
     index = bins + positive.long() * (NUM_THRESHOLDS + 1)

@@ -18,7 +18,7 @@ import numpy as np
 from ..fileio import write_text
 from .engine import Row
 from .reference import Column, PaperTable
-from .reports import ReportFiles, _save_figure, curve_plots, qualitative_plot, results_json
+from .reports import ReportFiles, curve_plots, qualitative_plot, results_json, save_figure
 from .settings import EvalConfig
 
 _METRICS = (("AP", "ap"), ("IoU_FG", "fgiou"), ("mIoU", "miou"), ("IoU_BIN", "biniou"))
@@ -101,7 +101,7 @@ def per_image_plot(rows: Sequence[Row], directory: Path) -> Path:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     path = directory / "per_image_iou.png"
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
 
 

@@ -197,7 +197,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:50] or "row"
 
 
-def _save_figure(figure, path: Path) -> None:
+def save_figure(figure: Any, path: Path) -> None:
+    """Write a matplotlib `Figure` as PNG (110 dpi, tight bounding box) atomically: a temporary file in the same
+    directory, then renamed, so a report never holds half a plot. Needs no pyplot (Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -240,8 +242,8 @@ def curve_plots(rows: Sequence[Row], directory: Path) -> list[Path]:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=6)
     paths = [directory / "precision_recall.png", directory / "iou_vs_threshold.png"]
-    _save_figure(pr, paths[0])
-    _save_figure(iou, paths[1])
+    save_figure(pr, paths[0])
+    save_figure(iou, paths[1])
     return paths
 
 
@@ -271,7 +273,7 @@ def qualitative_plot(row: Row, directory: Path) -> Path | None:
             axis.axis("off")
     figure.suptitle(row.name, fontsize=9)
     path = directory / f"qualitative_{_slug(row.name)}.png"
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
 
 

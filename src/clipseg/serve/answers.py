@@ -25,7 +25,7 @@ def soft_png(prediction: Prediction) -> bytes:
 
 def probabilities_float32(prediction: Prediction) -> bytes:
     """Every prompt's probabilities at the image's size as little-endian float32, prompt-major then row-major:
-    what the page thresholds (`p >= threshold` in float32 is exactly the `png` answer's test)."""
+    what the page thresholds (`p > threshold` in float32 is exactly the `png` answer's test, `binary_mask`)."""
     maps = (prediction.probability(index).numpy().astype("<f4", copy=False) for index in range(len(prediction)))
     return b"".join(array.tobytes() for array in maps)
 

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .. import __version__
+from ..messages import one_line
 from ..predictor import Predictor
 from . import answers
 from .batching import Batcher, Outcome, QueueFull, Work
@@ -81,7 +82,7 @@ class _Service:
             )
             batcher.start()
         except Exception as error:  # reported by /readyz and by the command, which then stops
-            self.load_error = " ".join(str(error).split()) or type(error).__name__
+            self.load_error = one_line(error) or type(error).__name__
             log.error("model failed to load: %s", self.load_error)
             self.on_load_error(self.load_error)
             return
@@ -123,6 +124,23 @@ class _Service:
 
     async def encode(self, function: Callable, *args: object) -> object:
         return await anyio.to_thread.run_sync(function, *args, limiter=self.encoders)
+
+
+@dataclasses.dataclass
+class _PromptFields:
+    """The fields /segment and /labels both read: text and negative prompts, a threshold and the answer format
+    (filled by `read` while the form is parsed, used once the model has answered)."""
+
+    texts: list[str] = dataclasses.field(default_factory=list)
+    negatives: list[str] = dataclasses.field(default_factory=list)
+    threshold: float = 0.0
+    answer: str = ""
+
+    def read(self, form: Form, settings: ServeSettings, threshold_field: str, formats: tuple[str, ...]) -> None:
+        self.texts = prompts(form, "prompt", settings)
+        self.negatives = prompts(form, "negative", settings)
+        self.threshold = unit_number(form, threshold_field, settings.default_threshold)
+        self.answer = choice(form, "format", formats)
 
 
 def _warm_up(predictor: Predictor) -> None:
@@ -284,13 +302,11 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
         responses=error_responses(401, 404, 413, 415, 422, 503),
     )
     async def segment(request: Request) -> Response:
-        options = {}
+        asked = _PromptFields()
 
         async def prepare(form: Form) -> Work:
-            texts = prompts(form, "prompt", settings)
-            negatives = prompts(form, "negative", settings)
-            options["threshold"] = unit_number(form, "threshold", settings.default_threshold)
-            answer = options["format"] = choice(form, "format", answers.SEGMENT_FORMATS)
+            asked.read(form, settings, "threshold", answers.SEGMENT_FORMATS)
+            texts, answer = asked.texts, asked.answer
             support = await anyio.to_thread.run_sync(
                 image_prompt, form.files.get("support", []), form.files.get("support_mask", []), settings.max_pixels
             )
@@ -304,7 +320,7 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
             image_id, image = await image_source(form, request)
             extra = [support] if support is not None else []
             names = (*texts, *(prompt.name for prompt in extra))
-            return Work(image_id, image, [*texts, *extra], names, list(negatives))
+            return Work(image_id, image, [*texts, *extra], names, asked.negatives)
 
         fields = frozenset(
             {"image", "image_id", "prompt", "negative", "threshold", "format", "support", "support_mask"}
@@ -312,11 +328,11 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
         work, outcome = await handle(request, fields, prepare)
         height, width = outcome.size
         headers = {"X-Image-Id": work.image_id, "X-Image-Width": str(width), "X-Image-Height": str(height)}
-        prediction, threshold = outcome.prediction, options["threshold"]
-        if options["format"] == "json":
+        prediction, threshold = outcome.prediction, asked.threshold
+        if asked.answer == "json":
             body = await service.encode(answers.segment_json, work.image_id, outcome.size, prediction, threshold)
             return JSONResponse(body, headers=headers)
-        if options["format"] == "float32":
+        if asked.answer == "float32":
             values = len(work.prompts) * width * height
             if values > MAX_FLOAT32_VALUES:
                 raise ApiError(
@@ -325,7 +341,7 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
                 )
             body = await service.encode(answers.probabilities_float32, prediction)
             return Response(body, media_type="application/octet-stream", headers=headers)
-        if options["format"] == "png":
+        if asked.answer == "png":
             body = await service.encode(answers.mask_png, prediction, threshold)
         else:
             body = await service.encode(answers.soft_png, prediction)
@@ -338,13 +354,11 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
         responses=error_responses(401, 404, 413, 415, 422, 503),
     )
     async def labels(request: Request) -> Response:
-        options = {}
+        asked = _PromptFields()
 
         async def prepare(form: Form) -> Work:
-            texts = prompts(form, "prompt", settings)
-            negatives = prompts(form, "negative", settings)
-            options["threshold"] = unit_number(form, "background_threshold", settings.default_threshold)
-            options["format"] = choice(form, "format", answers.LABEL_FORMATS)
+            asked.read(form, settings, "background_threshold", answers.LABEL_FORMATS)
+            texts = asked.texts
             if not texts:
                 raise ApiError(422, "no prompt: give the classes to label as 'prompt' fields, e.g. prompt=cat")
             if len(texts) > 255:
@@ -352,17 +366,17 @@ def _v1_router(service: _Service, source: str) -> APIRouter:
             if answers.BACKGROUND in texts:
                 raise ApiError(422, "'background' names label 0 in the answer; call the class something else")
             image_id, image = await image_source(form, request)
-            return Work(image_id, image, list(texts), tuple(texts), list(negatives))
+            return Work(image_id, image, list(texts), tuple(texts), asked.negatives)
 
         fields = frozenset({"image", "image_id", "prompt", "negative", "background_threshold", "format"})
         work, outcome = await handle(request, fields, prepare)
         headers = {"X-Image-Id": work.image_id}
-        if options["format"] == "json":
+        if asked.answer == "json":
             body = await service.encode(
-                answers.labels_json, work.image_id, outcome.size, outcome.prediction, options["threshold"]
+                answers.labels_json, work.image_id, outcome.size, outcome.prediction, asked.threshold
             )
             return JSONResponse(body, headers=headers)
-        body = await service.encode(answers.labels_png, outcome.prediction, options["threshold"])
+        body = await service.encode(answers.labels_png, outcome.prediction, asked.threshold)
         return Response(body, media_type="image/png", headers=headers)
 
     return router

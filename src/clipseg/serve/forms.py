@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from ..messages import one_line
 from .errors import ApiError
 from .settings import MIB, ServeSettings
 
@@ -93,7 +94,7 @@ async def _parse(
     except ApiError:
         raise
     except Exception as error:  # python-multipart raises several types for malformed bodies
-        reason = " ".join(str(error).split()) or "parse error"
+        reason = one_line(error) or "parse error"
         raise ApiError(422, f"malformed multipart/form-data body ({reason})") from None
     if not collector.finished:
         raise ApiError(422, "malformed multipart/form-data body (it ends before its closing boundary)")

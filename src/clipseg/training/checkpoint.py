@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from ..checkpoints.io import CheckpointError, load_torch_file, read_state_dict, write_safetensors
+
+from ..checkpoints.errors import CheckpointError
+from ..checkpoints.io import load_torch_file, read_state_dict, write_safetensors
 from ..fileio import MAX_CONFIG_BYTES, atomic_write, read_json_file
 
 FORMAT = "clipseg-training-checkpoint"

@@ -42,7 +42,7 @@ def train(
 
         from rich.logging import RichHandler
 
-        from ..checkpoints.io import CheckpointError
+        from ..checkpoints.errors import CheckpointError
         from .config import load_config
         from .data import BadSampleError
         from .trainer import NonFiniteLossError, Trainer

@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
+from ..calibration import choose_thresholds
 from ..device import resolve_device
-from ..evaluation.calibration import choose_thresholds
 from ..fileio import write_text
 from ..model.clipseg import CLIPSeg
 from ..thresholds import Thresholds

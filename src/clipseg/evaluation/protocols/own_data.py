@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from ...data.labelled import LabelledSample, labelled_samples
-from ..engine import Example, Row, Runtime
+from ..engine import Example, Row, Runtime, batched
 from ..metrics import BinaryScores, StatisticsAccumulator, threshold_index, threshold_statistics
 from ..settings import ModelSpec
 from .base import EvaluationProtocol, register
@@ -138,33 +139,49 @@ class OwnDataProtocol(EvaluationProtocol):
                 if job.sample.key not in done:
                     by_image[str(job.sample.image)].append(job)
             try:
-                for image_jobs in by_image.values():
-                    for job, probabilities in zip(image_jobs, self._predict(predictor, image_jobs, options)):
-                        mask = torch.from_numpy(_checked_mask(job.sample, probabilities.shape))
-                        values = threshold_statistics(probabilities[None], mask[None])[0].numpy()
-                        done[job.sample.key] = values
-                        cache.put(job.sample.key, {"statistics": values})
-                    advance(len(image_jobs))
+                for images in batched(list(by_image.values()), runtime.config.batch_size):
+                    for image_jobs, image_probabilities in zip(images, self._predict(predictor, images, options)):
+                        for job, probabilities in zip(image_jobs, image_probabilities):
+                            mask = torch.from_numpy(_checked_mask(job.sample, probabilities.shape))
+                            values = threshold_statistics(probabilities[None], mask[None])[0].numpy()
+                            done[job.sample.key] = values
+                            cache.put(job.sample.key, {"statistics": values})
+                        advance(len(image_jobs))
             finally:
                 cache.flush()
         return done
 
     @staticmethod
-    def _predict(predictor: Any, jobs: list[Job], options: OwnDataOptions) -> list[torch.Tensor]:
-        """Full-size probabilities of jobs sharing one image (the backbone runs once)."""
+    def _predict(predictor: Any, images: Sequence[list[Job]], options: OwnDataOptions) -> list[list[torch.Tensor]]:
+        """Full-size probabilities of each job, for groups of jobs that share one image each: the backbone runs
+        once over all the groups' images (`eval --batch-size` images), the decoder over every image-prompt pair."""
+        from ...image import load_image
+        from ...prediction import Prediction
         from ...prompts import ImagePrompt
 
-        predictor.set_image(jobs[0].sample.image)
         if options.prompts == "text":
-            prompts: list[Any] = [job.sample.prompt for job in jobs]
+            prompts: list[Any] = [job.sample.prompt for jobs in images for job in jobs]
         else:
             prompts = [
                 ImagePrompt(job.support.image, job.support.load_mask(), variant=options.visual_prompt,
                             name=job.sample.prompt)
+                for jobs in images
                 for job in jobs
             ]
-        prediction = predictor.predict(prompts, templates=options.templates, ensemble=options.ensemble)
-        return [prediction.probabilities[k] for k in range(len(jobs))]
+        pictures = [load_image(jobs[0].sample.image) for jobs in images]
+        with torch.inference_mode():
+            features = predictor.extract_features(pictures, batch_size=len(pictures))
+            conditionals = predictor.encode_prompts(prompts, templates=options.templates, ensemble=options.ensemble)
+            image_index = torch.tensor([k for k, jobs in enumerate(images) for _ in jobs])
+            logits = predictor.decode(features, conditionals, image_index)
+        probabilities, start = [], 0
+        for jobs, picture in zip(images, pictures):
+            own = logits[start : start + len(jobs)]
+            start += len(jobs)
+            names = tuple(job.sample.prompt for job in jobs)
+            prediction = Prediction(names, own, own[:0], (picture.height, picture.width))
+            probabilities.append([prediction.probabilities[k] for k in range(len(jobs))])
+        return probabilities
 
     def _examples(
         self, predictor: Any, jobs: list[Job], ious: dict[str, float], options: OwnDataOptions
@@ -178,7 +195,7 @@ class OwnDataProtocol(EvaluationProtocol):
         chosen += [job for job in ranked[len(ranked) - count // 2 :] if job not in chosen]
         examples = []
         for job in chosen:
-            (probabilities,) = self._predict(predictor, [job], options)
+            ((probabilities,),) = self._predict(predictor, [[job]], options)
             image = np.asarray(load_image(job.sample.image))
             label = "best" if job in ranked[: (count + 1) // 2] else "worst"
             caption = f"{label}: {job.sample.image.name} / {job.sample.prompt} (IoU {ious[job.sample.key]:.2f})"

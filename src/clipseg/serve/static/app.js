@@ -1,7 +1,7 @@
 // The clipseg page: upload once (/v1/images), one decoder call per new prompt (/v1/segment, format=float32),
-// thresholding and drawing here. `p >= Math.fround(t)` on the float32 probabilities is exactly the server's
-// test (numpy compares a float32 map with the threshold rounded to float32), so the masks drawn here equal the
-// server's mask PNGs at the same threshold.
+// thresholding and drawing here. `p > Math.fround(t)` on the float32 probabilities is exactly the server's
+// test (clipseg.thresholds.binary_mask compares a float32 map with the threshold rounded to float32), so the
+// masks drawn here equal the server's mask PNGs at the same threshold.
 "use strict";
 
 const COLOURS = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
@@ -138,7 +138,7 @@ function render() {
   updateDownload();
 }
 
-// The photo with every pixel at or above the threshold tinted in the colour of its most probable prompt.
+// The photo with every pixel above the threshold tinted in the colour of its most probable prompt.
 function drawOverlay() {
   const { width, height } = state;
   if (!width || !state.base) return;
@@ -156,7 +156,7 @@ function drawOverlay() {
     let bestValue = -1;
     for (let k = 0; k < ready.length; k++) {
       const value = ready[k].probabilities[i];
-      if (value >= t && value > bestValue) { best = k; bestValue = value; }
+      if (value > t && value > bestValue) { best = k; bestValue = value; }
     }
     if (best >= 0) {
       const colour = ready[best].colour;
@@ -232,7 +232,7 @@ function updateDownload() {
   const image = context.createImageData(width, height);
   const t = threshold();
   for (let i = 0; i < width * height; i++) {
-    const v = prompt.probabilities[i] >= t ? 255 : 0;
+    const v = prompt.probabilities[i] > t ? 255 : 0;
     const o = 4 * i;
     image.data[o] = v; image.data[o + 1] = v; image.data[o + 2] = v; image.data[o + 3] = 255;
   }

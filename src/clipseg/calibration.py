@@ -1,6 +1,7 @@
 """Choosing thresholds on labelled data (`clipseg eval --write-thresholds`, and `clipseg train` for its export).
 
-From summed (49, 4) TP/FP/FN/TN statistics (`clipseg.evaluation.metrics`), over the whole set and per prompt:
+From summed (49, 4) TP/FP/FN/TN statistics (`clipseg.evaluation.metrics.threshold_statistics`), over the whole set
+and per prompt:
 
 - ``fgiou`` (default): the threshold of best IoU_FG = TP / (1 + TP + FP + FN) (ties: the lowest threshold);
 - ``precision``: the lowest threshold whose precision TP / (1 + TP + FP) reaches the target (the most recall at
@@ -9,7 +10,7 @@ From summed (49, 4) TP/FP/FN/TN statistics (`clipseg.evaluation.metrics`), over 
   recall); if none does, the threshold of highest recall.
 
 A prompt whose ground truth is empty in every sample has no defined optimum and gets no entry of its own (it uses
-the overall threshold).
+the overall threshold). Beneath both evaluation and training, which each calibrate, and importing neither.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..thresholds import CRITERIA, Thresholds
-from .metrics import NUM_THRESHOLDS, THRESHOLDS
+from .thresholds import CRITERIA, NUM_THRESHOLDS, THRESHOLDS, Thresholds
 
 
 def choose_threshold(statistics: np.ndarray, criterion: str = "fgiou", target: float | None = None) -> float | None:
