@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..messages import first_line
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -32,7 +34,7 @@ def local_path(text: str) -> Path | None:
     try:
         filesystem, path = fs.FileSystem.from_uri(text)
     except (ValueError, OSError) as error:
-        raise ValueError(f"{text}: not a URI pyarrow can open ({_first_line(error)})") from None
+        raise ValueError(f"{text}: not a URI pyarrow can open ({first_line(error)})") from None
     return Path(path) if isinstance(filesystem, fs.LocalFileSystem) else None
 
 
@@ -59,7 +61,7 @@ def read_source_list(manifest: str | Path) -> list[str]:
         else:
             table = _read_csv(pa_csv, location, name)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
-        raise ValueError(f"{name}: cannot read it as CSV or Parquet ({_first_line(error)})") from None
+        raise ValueError(f"{name}: cannot read it as CSV or Parquet ({first_line(error)})") from None
     if PATH_COLUMN not in table.column_names:
         raise ValueError(
             f"{name}: no '{PATH_COLUMN}' column (found: {', '.join(table.column_names) or 'none'}); "
@@ -95,7 +97,7 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise
     except (ValueError, OSError) as error:
-        raise OSError(f"{uri}: cannot read it ({_first_line(error)})") from None
+        raise OSError(f"{uri}: cannot read it ({first_line(error)})") from None
 
 
 def source_name(source: str) -> tuple[str, str]:
@@ -116,7 +118,3 @@ def _read_csv(pa_csv, location: Path | None, name: str):  # noqa: ANN001, ANN202
     with filesystem.open_input_stream(path) as stream:
         return pa_csv.read_csv(stream, convert_options=options)
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

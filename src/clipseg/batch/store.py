@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
+from ..messages import first_line
 from .sources import is_uri
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class OutputStore:
         try:
             filesystem, path = fs.FileSystem.from_uri(text)
         except (ValueError, OSError, TypeError) as error:
-            raise OutputStoreError(f"{name}: not a location pyarrow can open ({_one_line(error)})") from None
+            raise OutputStoreError(f"{name}: not a location pyarrow can open ({first_line(error)})") from None
         if isinstance(filesystem, fs.LocalFileSystem):
             return cls(name, Path(path))
         if not path.strip("/") or ".." in PurePosixPath(path).parts:
@@ -111,7 +112,7 @@ class OutputStore:
             self.write(probe, b"")
             self.delete(probe)
         except OSError as error:
-            reason = error.strerror or _one_line(error)
+            reason = error.strerror or first_line(error)
             raise OutputStoreError(f"cannot write to output folder {self.name}: {reason}") from None
         self.remove_stale_temporaries()
 
@@ -208,7 +209,7 @@ class OutputStore:
                         self.filesystem.delete_file(temporary)
                     raise
         except OSError as error:
-            raise OSError(error.errno or errno.EIO, _one_line(error), self.describe(path)) from None
+            raise OSError(error.errno or errno.EIO, first_line(error), self.describe(path)) from None
 
     def delete(self, path: Path) -> None:
         """Delete the file at `path` (missing is fine)."""
@@ -268,8 +269,4 @@ def without_credentials(uri: str) -> str:
     """`uri` without "user:secret@" credentials (never printed)."""
     return _CREDENTIALS.sub(r"\1", uri)
 
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 

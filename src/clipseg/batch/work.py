@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ..messages import one_line
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -37,7 +39,7 @@ class Outcome(Generic[JobT]):
 
 def failure_reason(source: str, error: BaseException) -> str:
     """A one-line reason for a failed image, without the source name in front (the caller names it)."""
-    text = " ".join(str(error).split())
+    text = one_line(error)
     if isinstance(error, OSError) and error.filename and str(error.filename) != source:
         return f"cannot write {error.filename}: {error.strerror or text}"  # an output file, not the input
     reason = text if isinstance(error, (OSError, ValueError)) else f"{type(error).__name__}: {text}"
