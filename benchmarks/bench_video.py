@@ -83,7 +83,9 @@ def train_decoder(work: Path, steps: int) -> Path:
     return result.model_dir
 
 
-def render_clip(seed: int, frames: int, *, speed: float, noise: float) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+def render_clip(
+    seed: int, frames: int, *, speed: float, noise: float
+) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     """RGB frames, exact masks of the prompted shape, and the prompt (e.g. "red circle").
 
     The prompted shape moves horizontally by `speed` pixels per frame (0: a static scene), bouncing off the sides,
@@ -202,15 +204,17 @@ def report_flicker(results: dict, seeds: list[int], frames: int) -> dict:
             value = by_condition[condition]["iou"]
             cells.append(f"{value:.3f} ({value - off[condition]['iou']:+.3f})")
         print(f"{name:<26}" + "".join(f"{cell:>{width}}" for cell in cells))
+        if name == "off":
+            continue
         reduction = min(off[c]["flicker"] / max(by_condition[c]["flicker"], 1e-9) for c in static)
-        drop = max(off[c]["iou"] - by_condition[c]["iou"] for c in moving)
-        verdicts[name] = {"least_static_reduction": reduction, "largest_moving_iou_drop": drop,
-                          "meets_targets": reduction >= TARGET_STATIC_REDUCTION and drop <= TARGET_MOVING_IOU_DROP}
+        change = min(by_condition[c]["iou"] - off[c]["iou"] for c in moving)
+        verdicts[name] = {"least_static_reduction": reduction, "worst_moving_iou_change": change,
+                          "meets_targets": reduction >= TARGET_STATIC_REDUCTION and change >= -TARGET_MOVING_IOU_DROP}
     print(f"targets: static flicker reduced >= {TARGET_STATIC_REDUCTION:g}x on every static condition, moving IoU at "
           f"most {TARGET_MOVING_IOU_DROP} below off at every speed")
     for name, verdict in verdicts.items():
-        print(f"  {name:<26} least reduction {verdict['least_static_reduction']:.1f}x, largest IoU drop "
-              f"{verdict['largest_moving_iou_drop']:+.3f}: {'met' if verdict['meets_targets'] else 'NOT met'}")
+        print(f"  {name:<26} least reduction {verdict['least_static_reduction']:.1f}x, worst IoU change "
+              f"{verdict['worst_moving_iou_change']:+.3f}: {'met' if verdict['meets_targets'] else 'NOT met'}")
     return verdicts
 
 
@@ -218,7 +222,8 @@ def measure_speed(work: Path, frames: int, batch_size: int) -> None:
     model = random_model(PRESETS["rd64-refined"], seed=0)
     predictor = Predictor(model)
     print(f"\nframes/s, ViT-B/16 rd64-refined (random weights), {frames} frames, batch {batch_size}, "
-          f"smoothing {DEFAULT_SMOOTH}, full-size probabilities of one prompt per frame, {torch.get_num_threads()} threads")
+          f"smoothing {DEFAULT_SMOOTH}, full-size probabilities of one prompt per frame, "
+          f"{torch.get_num_threads()} threads")
     print(f"{'size':<10} {'every 1':>9} {'every 4':>9} {'ratio':>7}")
     for label, (width, height) in {"720p": (1280, 720), "1080p": (1920, 1080)}.items():
         images = []
