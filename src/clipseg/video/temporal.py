@@ -110,11 +110,12 @@ class LogitSmoother:
 
 
 def _colour_guide(image: np.ndarray, size: torch.Size) -> torch.Tensor:
-    """(3, h, w) float32 in [0, 1]: the frame box-filtered to the logit grid, then Gaussian-blurred (Pillow)."""
+    """(C, h, w) float32 in [0, 1]: the frame box-filtered to the logit grid, then Gaussian-blurred (Pillow)."""
     height, width = int(size[0]), int(size[1])
     small = Image.fromarray(image).resize((width, height), Image.Resampling.BOX)
     blurred = small.filter(ImageFilter.GaussianBlur(_GUIDE_BLUR_SIGMA))
-    return torch.from_numpy(np.asarray(blurred, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    channels = np.atleast_3d(np.asarray(blurred, dtype=np.float32) / 255.0)  # a gray frame has one channel
+    return torch.from_numpy(channels).permute(2, 0, 1)
 
 
 def interpolate_logits(start: torch.Tensor, end: torch.Tensor, fraction: float) -> torch.Tensor:
