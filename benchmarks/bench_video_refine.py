@@ -64,7 +64,8 @@ def main() -> None:
         rows = {name: {"static": [], "moving": [], "static_iou": [], "moving_iou": []} for name in methods}
         for kind in ("static", "moving"):
             for seed in range(args.clips):
-                images, exact, prompt = render_clip(seed, args.frames, moving=kind == "moving", noise=10.0)
+                speed = 3.0 if kind == "moving" else 0.0  # pixels per frame
+                images, exact, prompt = render_clip(seed, args.frames, speed=speed, noise=10.0)
                 path = write_mp4(work / f"{kind}-{seed}.mp4", images)
                 for name, run in methods.items():
                     masks = run(path, prompt)

@@ -137,6 +137,67 @@ def test_logit_smoother_follows_the_exponential_average_and_lets_go_where_the_pi
         LogitSmoother(1.5)
 
 
+def _mask_flicker(logits: list[torch.Tensor]) -> float:
+    masks = [z >= 0 for z in logits]
+    return float(np.mean([(a != b).float().mean() for a, b in zip(masks[:-1], masks[1:], strict=True)]))
+
+
+def test_smoothing_a_static_noisy_sequence_flickers_far_less():
+    rng = np.random.default_rng(0)
+    # Logits of a static scene: a ramp through the threshold (0) plus independent noise of std 0.5 in every frame;
+    # the frames themselves change only by faint noise (2 grey levels).
+    ramp = torch.linspace(-2.0, 2.0, 32).expand(32, 32)[None]
+    frames = [np.clip(120 + rng.normal(0, 2, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(200)]
+    raw = [ramp + 0.5 * torch.from_numpy(rng.normal(size=(1, 32, 32)).astype(np.float32)) for _ in frames]
+    smoother = LogitSmoother(0.8)
+    smoothed = [smoother(z, frame) for z, frame in zip(raw, frames, strict=True)]
+    # An exponential average with weight w on the past turns independent noise of variance s^2 into a stationary
+    # series whose frame-to-frame change has variance (1-w)^2 * s^2 * 2/(1+w); unsmoothed it is 2 s^2. For w=0.8
+    # the change's standard deviation shrinks by sqrt(0.04 / 1.8) / 1 = 0.149 (the frames barely differ, so the
+    # motion gate stays open).
+    change = torch.stack([b - a for a, b in zip(smoothed[50:-1], smoothed[51:], strict=True)]).std()
+    change_raw = torch.stack([b - a for a, b in zip(raw[50:-1], raw[51:], strict=True)]).std()
+    assert 0.13 < float(change / change_raw) < 0.17
+    assert _mask_flicker(smoothed[50:]) < _mask_flicker(raw[50:]) / 3
+
+
+def test_a_reset_forgets_the_past():
+    frame = np.full((16, 16, 3), 90, np.uint8)
+    smoother = LogitSmoother(0.8)
+    smoother(torch.full((1, 8, 8), -6.0), frame)
+    smoother.reset()
+    torch.testing.assert_close(smoother(torch.full((1, 8, 8), 2.0), frame), torch.full((1, 8, 8), 2.0))
+    # The average restarts from the first frame after the reset: 0.8 * 2 + 0.2 * 7.
+    torch.testing.assert_close(smoother(torch.full((1, 8, 8), 7.0), frame), torch.full((1, 8, 8), 3.0))
+
+
+def _moving_edge(index: int, speed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """A red region left of column 8 + speed * index over a grey of the same brightness (Pillow's gray of
+    (255, 0, 0) is 255 * 299 / 1000 = 76), and logits +4 on the red, -4 elsewhere."""
+    edge = 8 + speed * index
+    image = np.full((24, 64, 3), 76, np.uint8)
+    image[:, :edge] = (255, 0, 0)
+    logits = torch.full((1, 24, 64), -4.0)
+    logits[..., :edge] = 4.0
+    return image, logits
+
+
+def test_a_moving_edge_is_tracked_without_lag_while_a_plain_average_trails():
+    aware, plain = LogitSmoother(0.8), LogitSmoother(0.8, motion_scale=math.inf)
+    for index in range(20):
+        image, logits = _moving_edge(index, speed=2)
+        truth = logits >= 0
+        # Where the colour changed the past gets (almost) no weight: the mask is the frame's own, in every frame.
+        assert torch.equal(aware(logits, image) >= 0, truth)
+        # A plain average of weight 0.8: a pixel that turns from -4 to +4 reads 4 - 8 * 0.8^k after k frames,
+        # which is >= 0 first at k = 4 (-0.096 at k = 3); so the mask's edge trails by 3 frames = 6 pixels.
+        if index >= 4:
+            columns = (plain(logits, image) >= 0)[0].any(dim=0).nonzero().max().item() + 1
+            assert columns == 8 + 2 * index - 6
+        else:
+            plain(logits, image)
+
+
 def test_scene_cuts_are_found_and_reset_the_smoothing(tmp_path, predictor):
     shot_a = moving_square_frames(12, 64, 96, noise=6.0, seed=1)
     shot_b = textured_frames(13, 64, 96, seed=2)

@@ -251,7 +251,8 @@ SmoothOption = Annotated[
     typer.Option(
         min=0.0,
         max=1.0,
-        help="Temporal smoothing: weight of the past, 0 (off) to 1; scene cuts reset it.",
+        help="Temporal smoothing: weight of the past, 0 (off) to 1, dropping where the frame's colours change (moving "
+        "things are not smeared); scene cuts reset it.",
         rich_help_panel="Video",
     ),
 ]

@@ -103,7 +103,7 @@ def segment_video(
         every: run the model on every N-th frame and interpolate the logits in between (scene cuts add keyframes).
         batch_size: keyframes per model call.
         cut_threshold: scene-cut score (0..1) from which a frame starts a new shot.
-        motion_scale: picture change (0..1) at which smoothing lets go; `math.inf` gives a plain moving average.
+        motion_scale: colour change (0..1) at which smoothing lets go; `math.inf` gives a plain moving average.
         tiles: tiled inference on the keyframes, as `Predictor.predict`'s `tiles` (True, a scale, scales or a
             `clipseg.tiling.TileOptions`).
         refine: edge-aware refinement of each frame's probabilities with the frame as guide, before smoothing

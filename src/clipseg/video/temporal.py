@@ -1,11 +1,12 @@
 """Temporal stability for video: scene-cut detection, motion-aware smoothing of logits, keyframe interpolation.
 
 Smoothing is an exponential moving average of the logits whose weight on the past drops where the picture
-changed: per pixel, ``w = strength * exp(-(d / motion_scale)^2)`` with ``d`` the absolute change of the blurred
-gray frame (at the logit grid) since the previous frame. Static regions are averaged over time, which removes
-the flicker that sensor noise and compression cause; where an object moves, the current frame dominates, so masks
-do not trail behind it (a plain EMA, ``motion_scale=inf``, does; benchmarks/bench_video.py measures both).
-A scene cut resets the average.
+changed: per pixel, ``w = strength * exp(-(d / motion_scale)^2)`` with ``d`` the largest change of the three colour
+channels of the slightly blurred frame (at the logit grid, values 0..1) since the previous frame. Static regions
+are averaged over time, which removes the flicker that sensor noise and compression cause; where an object moves,
+the current frame dominates, so masks do not trail behind it (a plain EMA, ``motion_scale=inf``, does;
+benchmarks/bench_video.py measures both). Colour rather than brightness, because a shape and its background often
+differ in hue more than in gray value. A scene cut resets the average.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
 # Thumbnail side for cut detection: small enough to ignore noise and small motion, large enough for layout.
 _CUT_THUMBNAIL = 32
 _CUT_BINS = 16
 DEFAULT_CUT_THRESHOLD = 0.35
-DEFAULT_MOTION_SCALE = 0.06
-_GUIDE_BLUR_SIGMA = 1.5
+DEFAULT_MOTION_SCALE = 0.05
+# Blur (standard deviation, logit-grid pixels) of the frames compared: calms pixel noise, keeps edges local.
+_GUIDE_BLUR_SIGMA = 1.0
 
 
 def _thumbnail(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -69,9 +70,9 @@ class LogitSmoother:
     """Motion-aware exponential moving average of logits (see the module docstring).
 
     Args:
-        strength: weight on the past in [0, 1]: 0 is off; 0.5 averages over ~2 frames, 0.8 over ~5; 1 keeps
-            static regions as they were first seen (and, with `motion_scale=inf`, everything).
-        motion_scale: change of the blurred gray value (0..1) at which the weight on the past falls to 1/e of
+        strength: weight on the past in [0, 1]: 0 is off; 0.5 averages static regions over ~2 frames, 0.8 over
+            ~5; 1 keeps static regions as they were first seen (and, with `motion_scale=inf`, everything).
+        motion_scale: change of a colour channel (0..1) at which the weight on the past falls to 1/e of
             `strength`; `math.inf` gives a plain EMA.
     """
 
@@ -94,36 +95,27 @@ class LogitSmoother:
         """Smoothed logits (N, h, w) for this frame; `image` is the (H, W, 3) uint8 frame they belong to."""
         if self.strength == 0.0:
             return logits
-        guide = None if math.isinf(self.motion_scale) else self._gray_guide(image, logits.shape[-2:])
+        guide = None if math.isinf(self.motion_scale) else _colour_guide(image, logits.shape[-2:])
         if self._state is None or self._state.shape != logits.shape:
             self._state, self._guide = logits.clone(), guide
             return logits
         if guide is None:
             weight: torch.Tensor | float = self.strength
         else:
-            change = (guide - self._guide).abs()
-            weight = self.strength * torch.exp(-((change / self.motion_scale) ** 2))
+            change = (guide - self._guide).abs().amax(dim=0)
+            weight = (self.strength * torch.exp(-((change / self.motion_scale) ** 2))).to(logits.device)
         self._state = weight * self._state + (1.0 - weight) * logits
         self._guide = guide
         return self._state.clone()
 
-    @staticmethod
-    def _gray_guide(image: np.ndarray, size: torch.Size) -> torch.Tensor:
-        height, width = int(size[0]), int(size[1])
-        gray = Image.fromarray(image).convert("L").resize((width, height), Image.Resampling.BOX)
-        tensor = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None, None]
-        return _gaussian_blur(tensor, _GUIDE_BLUR_SIGMA)[0, 0]
 
-
-def _gaussian_blur(tensor: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (1, 1, h, w), edges replicated."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel /= kernel.sum()
-    padded = F.pad(tensor, (radius, radius, radius, radius), mode="replicate")
-    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(blurred, kernel.view(1, 1, -1, 1))
+def _colour_guide(image: np.ndarray, size: torch.Size) -> torch.Tensor:
+    """(C, h, w) float32 in [0, 1]: the frame box-filtered to the logit grid, then Gaussian-blurred (Pillow)."""
+    height, width = int(size[0]), int(size[1])
+    small = Image.fromarray(image).resize((width, height), Image.Resampling.BOX)
+    blurred = small.filter(ImageFilter.GaussianBlur(_GUIDE_BLUR_SIGMA))
+    channels = np.atleast_3d(np.asarray(blurred, dtype=np.float32) / 255.0)  # a gray frame has one channel
+    return torch.from_numpy(channels).permute(2, 0, 1)
 
 
 def interpolate_logits(start: torch.Tensor, end: torch.Tensor, fraction: float) -> torch.Tensor:
