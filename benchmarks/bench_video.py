@@ -67,6 +67,12 @@ def cpu_name() -> str:
 
 
 def train_decoder(work: Path, steps: int) -> Path:
+    """The small decoder trained in `work` (reused when a previous run left one there)."""
+    model_dir = work / "run" / "model"
+    if (model_dir / "config.json").exists():
+        print(f"reusing the decoder trained in {work / 'run'}")
+        return model_dir
+    torch.manual_seed(0)
     root = write_phrasecut(work / "data", 400, seed=0, size=(SIDE, SIDE))
     config = TrainConfig.from_dict({
         "name": "video-bench",
@@ -267,12 +273,7 @@ def main() -> None:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
         if "flicker" not in args.skip:
-            model_dir = work / "run" / "model"
-            if (model_dir / "config.json").exists():
-                print(f"reusing the decoder trained in {work / 'run'}")
-            else:
-                torch.manual_seed(0)
-                model_dir = train_decoder(work, args.steps)
+            model_dir = train_decoder(work, args.steps)
             seeds = list(range(args.first_seed, args.first_seed + args.clips))
             results = measure_flicker(model_dir, work, seeds, args.frames, args.strengths)
             verdicts = report_flicker(results, seeds, args.frames)
