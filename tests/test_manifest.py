@@ -178,6 +178,14 @@ def test_manifest_in_problems_are_one_line(tmp_path, model_dir, content, expecte
     assert expected in result.output and "Traceback" not in result.output
 
 
+def test_credentials_in_a_listed_uri_are_never_printed(tmp_path, model_dir):
+    # pyarrow refuses a user:password in a file:// URI and quotes the URI in its own message.
+    result = segment("--manifest-in", "file://reader:hunter2@/data/list.csv", "-p", "a", "-o", tmp_path / "out",
+                     "--model", model_dir)
+    assert result.exit_code != 0 and "file:///data/list.csv" in result.output
+    assert "hunter2" not in result.output and "Traceback" not in result.output
+
+
 def test_engine_options_need_the_ray_engine(tmp_path, collection, model_dir):
     result = segment(collection, "-p", "a", "-o", tmp_path / "out", "--model", model_dir, "--workers", "2")
     assert result.exit_code == 2 and "--engine ray" in result.output

@@ -18,11 +18,17 @@ if TYPE_CHECKING:
 PATH_COLUMN = "path"
 # "s3://...", "file:///..." but not a Windows drive ("C:\\...") or a bare relative path.
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]*@")
 
 
 def is_uri(text: str) -> bool:
     """True for "scheme://..." (a pyarrow file-system URI), False for plain local paths."""
     return bool(_URI.match(text))
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` (or a message quoting URIs) without "user:secret@" credentials: what error messages show."""
+    return _CREDENTIALS.sub(r"\1", uri)
 
 
 def local_path(text: str) -> Path | None:
@@ -34,7 +40,7 @@ def local_path(text: str) -> Path | None:
     try:
         filesystem, path = fs.FileSystem.from_uri(text)
     except (ValueError, OSError) as error:
-        raise ValueError(f"{text}: not a URI pyarrow can open ({first_line(error)})") from None
+        raise ValueError(without_credentials(f"{text}: not a URI pyarrow can open ({first_line(error)})")) from None
     return Path(path) if isinstance(filesystem, fs.LocalFileSystem) else None
 
 
@@ -51,17 +57,17 @@ def read_source_list(manifest: str | Path) -> list[str]:
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
-    name = str(manifest)
-    location = local_path(name)
+    location = local_path(str(manifest))
+    name = without_credentials(str(manifest))
     if location is not None and not location.is_file():
         raise FileNotFoundError(f"{name}: no such file")
     try:
         if ".parquet" in Path(name).suffixes or name.endswith(".pq"):
-            table = pq.read_table(str(location) if location is not None else name, columns=None)
+            table = pq.read_table(str(location) if location is not None else str(manifest), columns=None)
         else:
-            table = _read_csv(pa_csv, location, name)
+            table = _read_csv(pa_csv, location, str(manifest))
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
-        raise ValueError(f"{name}: cannot read it as CSV or Parquet ({first_line(error)})") from None
+        raise ValueError(without_credentials(f"{name}: cannot read it as CSV or Parquet ({first_line(error)})")) from None
     if PATH_COLUMN not in table.column_names:
         raise ValueError(
             f"{name}: no '{PATH_COLUMN}' column (found: {', '.join(table.column_names) or 'none'}); "
@@ -81,7 +87,7 @@ def load_source(source: str) -> Image.Image:
     location = local_path(source)
     if location is not None:
         return load_image(location)
-    return load_image(decode_image_bytes(read_bytes(source), name=source))
+    return load_image(decode_image_bytes(read_bytes(source), name=without_credentials(source)))
 
 
 def read_bytes(uri: str) -> bytes:
@@ -91,13 +97,13 @@ def read_bytes(uri: str) -> bytes:
     try:
         filesystem, path = fs.FileSystem.from_uri(uri)
         if filesystem.get_file_info(path).type == fs.FileType.NotFound:
-            raise FileNotFoundError(f"{uri}: no such file")
+            raise FileNotFoundError(f"{without_credentials(uri)}: no such file")
         with filesystem.open_input_stream(path) as stream:
             return stream.read()
     except FileNotFoundError:
         raise
     except (ValueError, OSError) as error:
-        raise OSError(f"{uri}: cannot read it ({first_line(error)})") from None
+        raise OSError(without_credentials(f"{uri}: cannot read it ({first_line(error)})")) from None
 
 
 def source_name(source: str) -> tuple[str, str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 from ..messages import first_line
-from .sources import is_uri
+from .sources import is_uri, without_credentials
 
 if TYPE_CHECKING:
     from pyarrow import fs
@@ -40,9 +39,6 @@ PROBE_NAME = ".clipseg-write-test"
 # pyarrow file systems whose uploads are atomic (an object appears whole or not at all), by class name: their
 # modules are optional parts of pyarrow.
 OBJECT_STORES = frozenset({"S3FileSystem", "GcsFileSystem", "AzureFileSystem"})
-_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
-
-
 class OutputStoreError(ValueError):
     """The output folder cannot be opened or written (one line naming it)."""
 
@@ -72,7 +68,7 @@ class OutputStore:
         try:
             filesystem, path = fs.FileSystem.from_uri(text)
         except (ValueError, OSError, TypeError) as error:
-            raise OutputStoreError(f"{name}: not a location pyarrow can open ({first_line(error)})") from None
+            raise OutputStoreError(without_credentials(f"{name}: not a location pyarrow can open ({first_line(error)})")) from None
         if isinstance(filesystem, fs.LocalFileSystem):
             return cls(name, Path(path))
         if not path.strip("/") or ".." in PurePosixPath(path).parts:
@@ -112,7 +108,7 @@ class OutputStore:
             self.write(probe, b"")
             self.delete(probe)
         except OSError as error:
-            reason = error.strerror or first_line(error)
+            reason = without_credentials(error.strerror or first_line(error))
             raise OutputStoreError(f"cannot write to output folder {self.name}: {reason}") from None
         self.remove_stale_temporaries()
 
@@ -209,7 +205,7 @@ class OutputStore:
                         self.filesystem.delete_file(temporary)
                     raise
         except OSError as error:
-            raise OSError(error.errno or errno.EIO, first_line(error), self.describe(path)) from None
+            raise OSError(error.errno or errno.EIO, without_credentials(first_line(error)), self.describe(path)) from None
 
     def delete(self, path: Path) -> None:
         """Delete the file at `path` (missing is fine)."""
@@ -263,10 +259,5 @@ def joined(target: str, name: str) -> str:
 def _key(path: Path) -> str:
     """A path as pyarrow's file systems spell it: "/"-separated, no leading or trailing "/"."""
     return path.as_posix().strip("/")
-
-
-def without_credentials(uri: str) -> str:
-    """`uri` without "user:secret@" credentials (never printed)."""
-    return _CREDENTIALS.sub(r"\1", uri)
 
 
