@@ -186,6 +186,16 @@ def test_credentials_in_a_listed_uri_are_never_printed(tmp_path, model_dir):
     assert "hunter2" not in result.output and "Traceback" not in result.output
 
 
+def test_credentials_in_a_listed_image_uri_are_never_printed(tmp_path, model_dir):
+    # A listed image the run cannot read fails on its own line and in the summary, credentials dropped.
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\nfile://reader:hunter2@/data/cat.jpg\n")
+    result = segment("--manifest-in", listing, "-p", "a", "-o", tmp_path / "out", "--model", model_dir)
+    assert result.exit_code == 1, result.output
+    assert "file:///data/cat.jpg" in result.output
+    assert "hunter2" not in result.output and "Traceback" not in result.output
+
+
 def test_engine_options_need_the_ray_engine(tmp_path, collection, model_dir):
     result = segment(collection, "-p", "a", "-o", tmp_path / "out", "--model", model_dir, "--workers", "2")
     assert result.exit_code == 2 and "--engine ray" in result.output

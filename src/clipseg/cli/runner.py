@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ..batch.ray_engine import RayEngineError
-from ..batch.sources import source_name
+from ..batch.sources import source_name, without_credentials
 from ..messages import shorten
 from .common import (
     EXIT_FAILURES,
@@ -160,7 +160,7 @@ def run_jobs(
     with output_lock(store):
         summary = Summary(found=len(jobs) + len(failures), failures=list(failures))
         for source, reason in failures:
-            print_line(console, f"error: {source}: {reason}")
+            print_line(console, without_credentials(f"error: {source}: {reason}"))
         if not jobs and not failures:
             raise CLIError("no images to segment", EXIT_USAGE)
         if manifest is not None:
@@ -307,7 +307,7 @@ def record_outcome(
     if outcome.storage_full:
         raise StorageFull(outcome.error)
     summary.failures.append((source, outcome.error))
-    print_line(console, f"error: {source}: {outcome.error}")
+    print_line(console, without_credentials(f"error: {source}: {outcome.error}"))
     if debug and outcome.trace:
         print(outcome.trace, file=sys.stderr, end="")
     if manifest is not None:
@@ -321,7 +321,7 @@ def report_failure(summary: Summary, console: Console, source: Path, error: Base
 
     reason = failure_reason(str(source), error)
     summary.failures.append((str(source), reason))
-    print_line(console, f"error: {source}: {reason}")
+    print_line(console, without_credentials(f"error: {source}: {reason}"))
     if debug:
         traceback.print_exc()
 
@@ -382,7 +382,7 @@ def print_summary(summary: Summary, output: Path | str, command: str, *, inputs:
         failed.add_column("input", overflow="fold")
         failed.add_column("reason", overflow="fold")
         for source, reason in summary.failures[:MAX_LISTED_FAILURES]:
-            failed.add_row(Text(source), Text(reason))
+            failed.add_row(Text(without_credentials(str(source))), Text(without_credentials(reason)))
         if len(summary.failures) > MAX_LISTED_FAILURES:
             failed.add_row(f"… and {len(summary.failures) - MAX_LISTED_FAILURES} more", "")
         console.print(failed)
